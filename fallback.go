@@ -1,0 +1,135 @@
+package tcpmux
+
+import (
+	"encoding/binary"
+	"net"
+	"sync"
+)
+
+// stunSniffSize is how many bytes decide whether a connection speaks framed
+// STUN: the 2-byte frame length, then a STUN header up to its magic cookie.
+const stunSniffSize = FrameHeaderSize + 8
+
+// looksLikeBindingRequest reports whether a stream starts like a framed STUN
+// Binding request. Such a stream is judged by the first-frame rules and is
+// never handed to the fallback listener.
+func looksLikeBindingRequest(head []byte) bool {
+	return len(head) >= stunSniffSize &&
+		binary.BigEndian.Uint16(head[2:4]) == stunBindingRequest &&
+		binary.BigEndian.Uint32(head[6:10]) == stunMagicCookie
+}
+
+// handOver gives a non-STUN connection, with the bytes read so far, to the
+// fallback listener. The connection leaves the mux's limits and counters.
+func (m *TCPMuxDefault) handOver(c *streamConn, fr *FrameReader) rejectReason {
+	if err := c.conn.SetReadDeadline(timeZero); err != nil {
+		return rejectOther
+	}
+	replayed := &replayConn{Conn: c.conn, replay: fr.Buffered()}
+	m.mu.Lock()
+	delete(m.pending, c.conn)
+	m.mu.Unlock()
+	switch m.fallback.offer(replayed) {
+	case offerQueued:
+		m.stats.pending.Add(-1)
+		m.stats.held.Add(-1)
+		return handedOver
+	case offerFull:
+		return rejectLimit
+	default:
+		return rejectNotSTUN
+	}
+}
+
+// replayConn replays the bytes the mux read before handing a connection
+// over, then reads from the connection.
+type replayConn struct {
+	net.Conn
+	replay []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.replay) == 0 {
+		return c.Conn.Read(b)
+	}
+	n := copy(b, c.replay)
+	c.replay = c.replay[n:]
+	return n, nil
+}
+
+type offerResult int
+
+const (
+	offerQueued offerResult = iota
+	offerFull
+	offerClosed
+)
+
+// fallbackListener is the net.Listener of FallbackListener: a bounded queue
+// of handed-over connections.
+type fallbackListener struct {
+	addr    net.Addr
+	enabled bool
+	queue   chan net.Conn
+
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{}
+}
+
+func newFallbackListener(m *TCPMuxDefault) *fallbackListener {
+	l := &fallbackListener{addr: m.LocalAddr(), enabled: m.params.Fallback, done: make(chan struct{})}
+	if l.enabled {
+		l.queue = make(chan net.Conn, m.params.FallbackQueueSize)
+	}
+	return l
+}
+
+func (l *fallbackListener) offer(c net.Conn) offerResult {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || !l.enabled {
+		return offerClosed
+	}
+	select {
+	case l.queue <- c:
+		return offerQueued
+	default:
+		return offerFull
+	}
+}
+
+// Accept returns the next connection that did not speak framed STUN.
+func (l *fallbackListener) Accept() (net.Conn, error) {
+	if !l.enabled {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: ErrFallbackDisabled}
+	}
+	select {
+	case c := <-l.queue:
+		return c, nil
+	case <-l.done:
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+	}
+}
+
+// Close stops the hand-over and closes the connections still queued.
+func (l *fallbackListener) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	close(l.done)
+	for {
+		select {
+		case c := <-l.queue:
+			_ = c.Close()
+		default:
+			return nil
+		}
+	}
+}
+
+// Addr is the mux's listening address.
+func (l *fallbackListener) Addr() net.Addr { return l.addr }

@@ -1,0 +1,208 @@
+package tcpmux
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// RFC 4571 frames every packet on a stream with a 2-byte big-endian length.
+const (
+	// FrameHeaderSize is the size of the RFC 4571 length prefix.
+	FrameHeaderSize = 2
+	// MaxFramePayload is the largest packet an RFC 4571 frame can carry.
+	MaxFramePayload = 1<<16 - 1
+)
+
+// ErrFrameTooLarge reports a packet that cannot be framed (over
+// MaxFramePayload bytes) or a frame header announcing more bytes than the
+// reader accepts. Match it with errors.Is.
+var ErrFrameTooLarge = errors.New("tcpmux: frame too large")
+
+// AppendFrame appends p to dst as one RFC 4571 frame (length, then p) and
+// returns the extended slice. It fails with ErrFrameTooLarge, leaving dst
+// untouched, if p is over MaxFramePayload bytes.
+func AppendFrame(dst, p []byte) ([]byte, error) {
+	if len(p) > MaxFramePayload {
+		return dst, frameTooLarge(len(p), MaxFramePayload)
+	}
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(p)))
+	return append(dst, p...), nil
+}
+
+// WriteFrame writes p to w as one RFC 4571 frame with a single Write call, so
+// that concurrent writers serialised by the caller never interleave a header
+// and its payload. It allocates a buffer per call: hot paths should keep one
+// and use AppendFrame.
+func WriteFrame(w io.Writer, p []byte) error {
+	frame, err := AppendFrame(make([]byte, 0, FrameHeaderSize+len(p)), p)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(frame)
+	return err
+}
+
+func frameTooLarge(n, limit int) error {
+	return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, limit)
+}
+
+// Buffer sizes of FrameReader. A reader starts small, so that idle
+// connections cost little, grows to fit large frames or to batch many small
+// ones per Read, and shrinks back when traffic stays light.
+const (
+	minReadBuffer   = 2 << 10
+	batchReadBuffer = 16 << 10
+	maxReadBuffer   = FrameHeaderSize + MaxFramePayload + batchReadBuffer
+	// shrinkAfterReads is how many consecutive light reads (using under a
+	// quarter of the buffer) make the reader halve an oversized buffer.
+	shrinkAfterReads = 256
+)
+
+// FrameReader reads RFC 4571 frames from a stream. It reads as many bytes as
+// the stream has ready, so a burst of small frames costs one Read, and never
+// holds more than one maximal frame plus a batch (about 80 KiB) however the
+// peer behaves. It is not safe for concurrent use.
+type FrameReader struct {
+	r          io.Reader
+	maxPayload int
+	buf        []byte
+	start, end int // unread bytes are buf[start:end]
+	lightReads int
+}
+
+// NewFrameReader returns a FrameReader on r that rejects frames whose header
+// announces more than maxPayload bytes. maxPayload <= 0 or over
+// MaxFramePayload means MaxFramePayload.
+func NewFrameReader(r io.Reader, maxPayload int) *FrameReader {
+	fr := &FrameReader{r: r}
+	fr.SetMaxPayload(maxPayload)
+	return fr
+}
+
+// SetMaxPayload changes the largest payload Next accepts, as in
+// NewFrameReader. The mux uses it to read a small first frame, then anything.
+func (fr *FrameReader) SetMaxPayload(maxPayload int) {
+	if maxPayload <= 0 || maxPayload > MaxFramePayload {
+		maxPayload = MaxFramePayload
+	}
+	fr.maxPayload = maxPayload
+}
+
+// Next returns the payload of the next frame. The slice aliases the reader's
+// buffer and is valid only until the next call. At a frame boundary a closed
+// stream gives io.EOF; inside a frame it gives io.ErrUnexpectedEOF. A header
+// over the limit gives ErrFrameTooLarge as soon as the header is read,
+// without reading the payload. Other errors come from the underlying reader.
+func (fr *FrameReader) Next() ([]byte, error) {
+	for {
+		avail := fr.end - fr.start
+		need := FrameHeaderSize
+		if avail >= FrameHeaderSize {
+			n := int(binary.BigEndian.Uint16(fr.buf[fr.start:]))
+			if n > fr.maxPayload {
+				return nil, frameTooLarge(n, fr.maxPayload)
+			}
+			need += n
+			if avail >= need {
+				payload := fr.buf[fr.start+FrameHeaderSize : fr.start+need]
+				fr.start += need
+				return payload, nil
+			}
+		}
+		if err := fr.fill(need); err != nil {
+			if errors.Is(err, io.EOF) && fr.end > fr.start {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}
+
+// Peek returns at least n unread bytes (n <= 2048) without consuming them,
+// reading as needed. It lets a caller judge a stream by its first bytes.
+func (fr *FrameReader) Peek(n int) ([]byte, error) {
+	for fr.end-fr.start < n {
+		if err := fr.fill(n); err != nil {
+			if errors.Is(err, io.EOF) && fr.end > fr.start {
+				err = io.ErrUnexpectedEOF
+			}
+			return fr.buf[fr.start:fr.end], err
+		}
+	}
+	return fr.buf[fr.start:fr.end], nil
+}
+
+// Buffered returns the bytes read from the stream but not yet returned by
+// Next. They alias the reader's buffer.
+func (fr *FrameReader) Buffered() []byte {
+	return fr.buf[fr.start:fr.end]
+}
+
+// fill makes room for need unread bytes and does one Read.
+func (fr *FrameReader) fill(need int) error {
+	fr.makeRoom(need)
+	n, err := fr.r.Read(fr.buf[fr.end:])
+	fr.end += n
+	fr.adapt(n)
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// makeRoom ensures buf[start:] can hold need bytes, compacting or growing.
+func (fr *FrameReader) makeRoom(need int) {
+	if fr.start == fr.end {
+		fr.start, fr.end = 0, 0
+	}
+	if fr.start+need <= len(fr.buf) && fr.end < len(fr.buf) {
+		return
+	}
+	size := len(fr.buf)
+	if size == 0 {
+		size = minReadBuffer
+	}
+	for size < need {
+		size *= 2
+	}
+	if size > maxReadBuffer {
+		size = maxReadBuffer
+	}
+	if size != len(fr.buf) {
+		buf := make([]byte, size)
+		fr.end = copy(buf, fr.buf[fr.start:fr.end])
+		fr.buf, fr.start = buf, 0
+		return
+	}
+	fr.end = copy(fr.buf, fr.buf[fr.start:fr.end])
+	fr.start = 0
+}
+
+// adapt grows the buffer when a Read filled it (more is probably waiting)
+// and halves it after a long run of light reads, so memory follows traffic.
+func (fr *FrameReader) adapt(n int) {
+	switch {
+	case fr.end == len(fr.buf) && len(fr.buf) < batchReadBuffer:
+		fr.resize(2 * len(fr.buf))
+		fr.lightReads = 0
+	case n < len(fr.buf)/4 && len(fr.buf) > minReadBuffer:
+		fr.lightReads++
+		if fr.lightReads >= shrinkAfterReads && fr.end-fr.start <= len(fr.buf)/2 {
+			fr.resize(len(fr.buf) / 2)
+			fr.lightReads = 0
+		}
+	default:
+		fr.lightReads = 0
+	}
+}
+
+func (fr *FrameReader) resize(size int) {
+	buf := make([]byte, size)
+	fr.end = copy(buf, fr.buf[fr.start:fr.end])
+	fr.buf, fr.start = buf, 0
+}

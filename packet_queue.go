@@ -1,0 +1,173 @@
+package tcpmux
+
+import (
+	"io"
+	"sync"
+)
+
+// packetQueue holds the packets received for one PacketConn until ReadFrom
+// takes them. Payloads live back to back in one circular byte buffer that
+// grows on demand up to a byte bound, so queueing a packet allocates nothing
+// once the buffer has grown, and a queue of small packets stays small.
+//
+// It is bounded twice, by packets and by bytes. A full queue refuses a push;
+// the TCP reader then waits on writable, so a slow application slows its
+// peers down through TCP instead of losing packets.
+type packetQueue struct {
+	mu       sync.Mutex
+	data     []byte // circular; packets in FIFO order starting at head
+	head     int
+	used     int
+	maxBytes int
+	entries  []queuedPacket // circular, one per queued packet
+	first    int
+	count    int
+	blocked  int // pushers waiting on writable
+	closed   bool
+
+	// readable and writable carry one wake-up token each. A woken waiter
+	// that leaves work behind passes the token on, so one token serves any
+	// number of waiters without a thundering herd.
+	readable chan struct{}
+	writable chan struct{}
+}
+
+type queuedPacket struct {
+	size int
+	from *streamConn
+}
+
+// minQueueBytes is the first allocation of a queue's byte buffer.
+const minQueueBytes = 4 << 10
+
+func newPacketQueue(maxPackets, maxBytes int) *packetQueue {
+	return &packetQueue{
+		maxBytes: maxBytes,
+		entries:  make([]queuedPacket, maxPackets),
+		readable: make(chan struct{}, 1),
+		writable: make(chan struct{}, 1),
+	}
+}
+
+func wake(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// push queues a copy of p from c. It returns false if the queue is full;
+// the caller then waits on q.writable and calls push again with retry set,
+// or calls cancelWait if it gives up.
+func (q *packetQueue) push(c *streamConn, p []byte, retry bool) (ok bool, err error) {
+	q.mu.Lock()
+	if retry {
+		q.blocked--
+	}
+	if q.closed {
+		q.mu.Unlock()
+		return false, ErrConnClosed
+	}
+	if q.count == len(q.entries) || !q.reserve(len(p)) {
+		q.blocked++
+		q.mu.Unlock()
+		return false, nil
+	}
+	if len(p) > 0 {
+		tail := (q.head + q.used) % len(q.data)
+		if n := copy(q.data[tail:], p); n < len(p) {
+			copy(q.data, p[n:])
+		}
+	}
+	q.entries[(q.first+q.count)%len(q.entries)] = queuedPacket{size: len(p), from: c}
+	q.count++
+	q.used += len(p)
+	passBaton := q.blocked > 0 && q.count < len(q.entries)
+	q.mu.Unlock()
+	wake(q.readable)
+	if passBaton {
+		wake(q.writable)
+	}
+	return true, nil
+}
+
+// cancelWait undoes the blocked count of a push that will not be retried.
+func (q *packetQueue) cancelWait() {
+	q.mu.Lock()
+	q.blocked--
+	q.mu.Unlock()
+}
+
+// reserve makes room for n more bytes, growing the buffer if the byte bound
+// allows. Called with q.mu held.
+func (q *packetQueue) reserve(n int) bool {
+	if q.used+n > q.maxBytes {
+		return false
+	}
+	if q.used+n <= len(q.data) {
+		return true
+	}
+	size := max(len(q.data), minQueueBytes)
+	for size < q.used+n {
+		size *= 2
+	}
+	size = min(size, q.maxBytes)
+	data := make([]byte, size)
+	if q.used > 0 {
+		if n := copy(data, q.data[q.head:min(q.head+q.used, len(q.data))]); n < q.used {
+			copy(data[n:], q.data[:q.used-n])
+		}
+	}
+	q.data, q.head = data, 0
+	return true
+}
+
+// pop moves the oldest packet into b. ok is false if the queue is empty. A
+// packet larger than b is dropped and reported as io.ErrShortBuffer.
+func (q *packetQueue) pop(b []byte) (n int, from *streamConn, ok bool, err error) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return 0, nil, false, ErrConnClosed
+	}
+	if q.count == 0 {
+		q.mu.Unlock()
+		return 0, nil, false, nil
+	}
+	pkt := q.entries[q.first]
+	q.entries[q.first] = queuedPacket{}
+	if pkt.size <= len(b) {
+		n = copy(b[:pkt.size], q.data[q.head:])
+		if n < pkt.size {
+			copy(b[n:pkt.size], q.data)
+		}
+		n = pkt.size
+	} else {
+		err = io.ErrShortBuffer
+	}
+	q.first = (q.first + 1) % len(q.entries)
+	q.count--
+	q.used -= pkt.size
+	q.head = (q.head + pkt.size) % max(len(q.data), 1)
+	if q.count == 0 {
+		q.head = 0 // keeps the next payloads contiguous
+	}
+	more, pushers := q.count > 0, q.blocked > 0
+	q.mu.Unlock()
+	if more {
+		wake(q.readable)
+	}
+	if pushers {
+		wake(q.writable)
+	}
+	return n, pkt.from, true, err
+}
+
+// close drops every queued packet and refuses further pushes and pops.
+func (q *packetQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.data, q.entries = nil, nil
+	q.count, q.used = 0, 0
+	q.mu.Unlock()
+}

@@ -1,0 +1,118 @@
+package tcpmux
+
+import "sync/atomic"
+
+// Stats is a snapshot of a mux's counters. Counters named Conns*, Packets*,
+// Bytes* and WriteDrops only grow; ConnsActive, ConnsPending, PacketConns and
+// MultipathConns are levels at the time of the snapshot.
+type Stats struct {
+	// ConnsAccepted counts connections returned by the listener's Accept.
+	ConnsAccepted uint64
+	// ConnsRejected counts connections closed before admission; it is the
+	// sum of the Rejected fields.
+	ConnsRejected uint64
+	// Rejected breaks ConnsRejected down by reason.
+	Rejected RejectedStats
+	// ConnsActive is the number of connections attached to a PacketConn.
+	ConnsActive int
+	// ConnsPending is the number of connections whose first frame has not
+	// arrived yet.
+	ConnsPending int
+	// PacketConns is the number of open PacketConns, claimed or not.
+	PacketConns int
+	// PacketsReceived and BytesReceived count the packets (first frames
+	// included) and payload bytes queued for ReadFrom.
+	PacketsReceived, BytesReceived uint64
+	// PacketsSent and BytesSent count the packets and payload bytes that
+	// WriteTo accepted: written, or queued in buffered mode.
+	PacketsSent, BytesSent uint64
+	// WriteDrops counts frames that buffered mode dropped because the write
+	// buffer was full.
+	WriteDrops uint64
+	// MultipathConns is the number of attached connections using MPTCP.
+	MultipathConns int
+}
+
+// RejectedStats counts rejected connections by reason.
+type RejectedStats struct {
+	// Timeout: the first frame did not arrive within FirstStunBindTimeout.
+	Timeout uint64
+	// NotSTUN: the first frame is not one valid STUN Binding request (or,
+	// without Fallback, the connection does not speak framed STUN at all).
+	NotSTUN uint64
+	// Username: USERNAME is missing, its ufrag is empty, or it is over 512
+	// bytes.
+	Username uint64
+	// TooLarge: the first frame's header announces more than
+	// MaxFirstFrameSize bytes.
+	TooLarge uint64
+	// Limit: a connection limit, or the fallback queue, was full.
+	Limit uint64
+	// Auth: PasswordLookup did not know the ufrag, or MESSAGE-INTEGRITY did
+	// not verify.
+	Auth uint64
+	// Other: a duplicate remote address, a peer that closed or failed
+	// before its first frame, or a mux closing meanwhile.
+	Other uint64
+}
+
+// counters are the live form of Stats, updated lock-free.
+type counters struct {
+	accepted        atomic.Uint64
+	rejected        [rejectOther + 1]atomic.Uint64
+	active          atomic.Int64
+	pending         atomic.Int64
+	held            atomic.Int64 // pending + attached, for MaxConnections
+	packetConns     atomic.Int64
+	packetsReceived atomic.Uint64
+	bytesReceived   atomic.Uint64
+	packetsSent     atomic.Uint64
+	bytesSent       atomic.Uint64
+	writeDrops      atomic.Uint64
+	multipath       atomic.Int64
+}
+
+func (s *counters) reject(r rejectReason) { s.rejected[r].Add(1) }
+
+func (s *counters) connAttached(c *streamConn) {
+	s.active.Add(1)
+	if c.multipath {
+		s.multipath.Add(1)
+	}
+}
+
+// connDetached is called exactly once per attached connection, by whoever
+// removed it from its PacketConn's map.
+func (s *counters) connDetached(c *streamConn) {
+	s.active.Add(-1)
+	s.held.Add(-1)
+	if c.multipath {
+		s.multipath.Add(-1)
+	}
+}
+
+func (s *counters) snapshot() Stats {
+	r := RejectedStats{
+		Timeout:  s.rejected[rejectTimeout].Load(),
+		NotSTUN:  s.rejected[rejectNotSTUN].Load(),
+		Username: s.rejected[rejectUsername].Load(),
+		TooLarge: s.rejected[rejectTooLarge].Load(),
+		Limit:    s.rejected[rejectLimit].Load(),
+		Auth:     s.rejected[rejectAuth].Load(),
+		Other:    s.rejected[rejectOther].Load(),
+	}
+	return Stats{
+		ConnsAccepted:   s.accepted.Load(),
+		ConnsRejected:   r.Timeout + r.NotSTUN + r.Username + r.TooLarge + r.Limit + r.Auth + r.Other,
+		Rejected:        r,
+		ConnsActive:     int(s.active.Load()),
+		ConnsPending:    int(s.pending.Load()),
+		PacketConns:     int(s.packetConns.Load()),
+		PacketsReceived: s.packetsReceived.Load(),
+		BytesReceived:   s.bytesReceived.Load(),
+		PacketsSent:     s.packetsSent.Load(),
+		BytesSent:       s.bytesSent.Load(),
+		WriteDrops:      s.writeDrops.Load(),
+		MultipathConns:  int(s.multipath.Load()),
+	}
+}

@@ -1,0 +1,246 @@
+package tcpmux
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// streamConn is one accepted TCP connection: its framed reader, run by the
+// connection's goroutine, and its framed writer, used by WriteTo.
+type streamConn struct {
+	mux       *TCPMuxDefault
+	conn      net.Conn
+	remote    *net.TCPAddr // unmapped; handed out by ReadFrom without allocating
+	remoteAP  netip.AddrPort
+	local     netip.Addr  // unmapped
+	pc        *packetConn // set once, when the connection is attached
+	multipath bool
+
+	closed    atomic.Bool
+	done      chan struct{}
+	closeOnce sync.Once
+
+	// Synchronous writes: wsem serialises whole frames; wbuf holds header
+	// and payload so that each frame is one Write.
+	wsem chan struct{}
+	wbuf []byte
+	wdl  time.Time // the write deadline last set on conn
+
+	// Buffered writes (WriteBufferSize > 0): frames are appended to pending
+	// and a flusher goroutine, alive only while pending is not empty, writes
+	// them in as few Writes as possible.
+	bmu      sync.Mutex
+	pending  []byte
+	spare    []byte
+	flushing bool
+	writers  sync.WaitGroup
+}
+
+func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
+	c := &streamConn{mux: m, conn: conn, done: make(chan struct{}), wsem: make(chan struct{}, 1)}
+	c.remoteAP = unmapAddrPort(addrPortOf(conn.RemoteAddr()))
+	c.remote = net.TCPAddrFromAddrPort(c.remoteAP)
+	c.local = unmapAddrPort(addrPortOf(conn.LocalAddr())).Addr()
+	return c
+}
+
+// close closes the TCP connection; it does not detach it from its
+// PacketConn (see packetConn.removeConn). Idempotent.
+func (c *streamConn) close() {
+	c.closeOnce.Do(func() {
+		c.bmu.Lock()
+		c.closed.Store(true)
+		c.pending = nil
+		c.bmu.Unlock()
+		close(c.done)
+		_ = c.conn.Close()
+	})
+}
+
+// fail removes a connection whose stream broke, quietly: the PacketConn
+// carries on with its other connections.
+func (c *streamConn) fail(err error) {
+	if c.closed.Load() {
+		return
+	}
+	c.mux.log.Debugf("tcpmux: connection %s ended: %v", c.remoteAP, err)
+	if c.pc != nil {
+		c.pc.removeConn(c)
+	}
+	c.close()
+}
+
+// readLoop delivers every frame of an attached connection to its
+// PacketConn until the stream ends or the PacketConn closes.
+func (c *streamConn) readLoop(fr *FrameReader) {
+	for {
+		p, err := fr.Next()
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if !c.pc.deliver(c, p) {
+			return
+		}
+	}
+}
+
+// writeFrame sends p as one frame, synchronously or through the write
+// buffer, honouring the caller's write deadline.
+func (c *streamConn) writeFrame(p []byte, dl *deadline) (int, error) {
+	if c.mux.params.WriteBufferSize > 0 {
+		return c.writeBuffered(p)
+	}
+	return c.writeSync(p, dl)
+}
+
+func (c *streamConn) writeSync(p []byte, dl *deadline) (int, error) {
+	select {
+	case c.wsem <- struct{}{}:
+	default:
+		select {
+		case c.wsem <- struct{}{}:
+		case <-c.done:
+			return 0, ErrConnClosed
+		case <-dl.wait():
+			return 0, os.ErrDeadlineExceeded
+		}
+	}
+	n, err := c.writeLocked(p, dl.time())
+	<-c.wsem
+	return n, err
+}
+
+// writeLocked writes one frame while holding wsem. A timeout before any
+// byte left keeps the connection; anything else that fails mid-frame tears
+// the stream, so the connection is removed.
+func (c *streamConn) writeLocked(p []byte, deadline time.Time) (int, error) {
+	if c.closed.Load() {
+		return 0, ErrConnClosed
+	}
+	if !deadline.IsZero() && !time.Now().Before(deadline) {
+		return 0, os.ErrDeadlineExceeded
+	}
+	if !deadline.Equal(c.wdl) {
+		if err := c.conn.SetWriteDeadline(deadline); err != nil {
+			c.fail(err)
+			return 0, err
+		}
+		c.wdl = deadline
+	}
+	c.wbuf = binary.BigEndian.AppendUint16(c.wbuf[:0], uint16(len(p)))
+	c.wbuf = append(c.wbuf, p...)
+	n, err := c.conn.Write(c.wbuf)
+	if err == nil {
+		return len(p), nil
+	}
+	timeout := errors.Is(err, os.ErrDeadlineExceeded)
+	if timeout && n == 0 {
+		return 0, os.ErrDeadlineExceeded
+	}
+	c.fail(err)
+	if timeout {
+		return 0, os.ErrDeadlineExceeded
+	}
+	if c.mux.isClosed() {
+		return 0, ErrConnClosed
+	}
+	return 0, &net.OpError{Op: "write", Net: "tcp", Addr: c.remote, Err: err}
+}
+
+func (c *streamConn) writeBuffered(p []byte) (int, error) {
+	c.bmu.Lock()
+	if c.closed.Load() {
+		c.bmu.Unlock()
+		return 0, ErrConnClosed
+	}
+	if len(c.pending)+FrameHeaderSize+len(p) > c.mux.params.WriteBufferSize {
+		c.bmu.Unlock()
+		c.mux.stats.writeDrops.Add(1)
+		return 0, ErrWriteBufferFull
+	}
+	c.pending = binary.BigEndian.AppendUint16(c.pending, uint16(len(p)))
+	c.pending = append(c.pending, p...)
+	start := !c.flushing
+	if start {
+		c.flushing = true
+		c.writers.Add(1)
+	}
+	c.bmu.Unlock()
+	if start {
+		go c.flush()
+	}
+	return len(p), nil
+}
+
+// maxIdleWriteBuffer is the capacity a flusher keeps between bursts; larger
+// buffers are released so idle connections stay small.
+const maxIdleWriteBuffer = 64 << 10
+
+// flush writes pending frames until none are left, then exits.
+func (c *streamConn) flush() {
+	defer c.writers.Done()
+	for {
+		c.bmu.Lock()
+		if len(c.pending) == 0 || c.closed.Load() {
+			c.flushing = false
+			if cap(c.pending) > maxIdleWriteBuffer {
+				c.pending = nil
+			}
+			c.bmu.Unlock()
+			return
+		}
+		buf := c.pending
+		c.pending = c.spare[:0]
+		c.bmu.Unlock()
+		_, err := c.conn.Write(buf)
+		if cap(buf) > maxIdleWriteBuffer {
+			buf = nil
+		}
+		c.spare = buf[:0]
+		if err != nil {
+			c.fail(err)
+		}
+	}
+}
+
+// waitWriters waits for a closed connection's flusher to exit.
+func (c *streamConn) waitWriters() { c.writers.Wait() }
+
+// isMultipath reports whether the connection negotiated MPTCP.
+func isMultipath(conn net.Conn) bool {
+	mp, ok := conn.(interface{ MultipathTCP() (bool, error) })
+	if !ok {
+		return false
+	}
+	on, err := mp.MultipathTCP()
+	return err == nil && on
+}
+
+// addrPortOf converts the address types a net.Conn or an ICE agent uses,
+// without allocating for TCP and UDP addresses.
+func addrPortOf(addr net.Addr) netip.AddrPort {
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		return a.AddrPort()
+	case *net.UDPAddr:
+		return a.AddrPort()
+	case nil:
+		return netip.AddrPort{}
+	}
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return ap
+}
+
+func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

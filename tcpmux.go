@@ -1,0 +1,484 @@
+// Package tcpmux lets every ICE agent of a server share one TCP port for
+// ICE-TCP passive candidates (RFC 6544).
+//
+// A TCPMuxDefault accepts connections from a net.Listener, reads the first
+// RFC 4571 frame of each, requires it to be a STUN Binding request (RFC
+// 8489), takes the local ufrag from its USERNAME, and attaches the
+// connection to the net.PacketConn of that ufrag, which an ICE agent obtains
+// with GetConnByUfrag. Its types and methods match pion/ice v4's TCP mux,
+// so ice.WithTCPMux and pion/webrtc's SettingEngine.SetICETCPMux accept it
+// unchanged.
+//
+// Every byte from the network is treated as hostile: the first frame is
+// bounded in size and time, validated before any per-ufrag state exists,
+// and every rejection is counted in Stats.
+package tcpmux
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/logging"
+)
+
+// TCPMux is pion/ice v4's ice.TCPMux: what an ICE agent needs from a mux.
+type TCPMux interface {
+	io.Closer
+	GetConnByUfrag(ufrag string, isIPv6 bool, local net.IP) (net.PacketConn, error)
+	RemoveConnByUfrag(ufrag string)
+}
+
+// AllConnsGetter is pion/ice v4's ice.AllConnsGetter: a mux over several
+// ports returns one PacketConn per port.
+type AllConnsGetter interface {
+	GetAllConns(ufrag string, isIPv6 bool, localIP net.IP) ([]net.PacketConn, error)
+}
+
+// closedError matches both net.ErrClosed and io.ErrClosedPipe, the two
+// errors callers of net.PacketConn and of pion's muxes test for.
+type closedError struct{ what string }
+
+func (e *closedError) Error() string { return "tcpmux: " + e.what + " closed" }
+
+func (e *closedError) Is(target error) bool {
+	return target == net.ErrClosed || target == io.ErrClosedPipe
+}
+
+var (
+	// ErrMuxClosed is returned by a closed mux. errors.Is matches it with
+	// net.ErrClosed and io.ErrClosedPipe.
+	ErrMuxClosed error = &closedError{what: "mux"}
+	// ErrConnClosed is returned by a closed PacketConn or connection.
+	// errors.Is matches it with net.ErrClosed and io.ErrClosedPipe.
+	ErrConnClosed error = &closedError{what: "connection"}
+	// ErrNoConnForAddr is returned by WriteTo for an address with no live
+	// TCP connection in the PacketConn.
+	ErrNoConnForAddr = errors.New("tcpmux: no connection for address")
+	// ErrWriteBufferFull is returned by WriteTo in buffered mode when the
+	// frame does not fit in the connection's write buffer; it was dropped.
+	ErrWriteBufferFull = errors.New("tcpmux: write buffer full, frame dropped")
+	// ErrFallbackDisabled is returned by FallbackListener().Accept when
+	// TCPMuxParams.Fallback is false.
+	ErrFallbackDisabled = errors.New("tcpmux: fallback is disabled")
+	// ErrEmptyUfrag is returned by GetConnByUfrag for an empty ufrag.
+	ErrEmptyUfrag = errors.New("tcpmux: empty ufrag")
+)
+
+// Accept back-off after errors other than a closed listener.
+const (
+	minAcceptBackoff = 5 * time.Millisecond
+	maxAcceptBackoff = time.Second
+)
+
+// TCPMuxDefault multiplexes the ICE-TCP connections of one listener into
+// per-ufrag net.PacketConns. Create it with NewTCPMuxDefault; it is safe for
+// concurrent use.
+type TCPMuxDefault struct {
+	params   TCPMuxParams
+	log      logging.LeveledLogger
+	listener net.Listener
+	port     int
+	initErr  error
+	fallback *fallbackListener
+	stats    counters
+
+	mu      sync.Mutex
+	closed  atomic.Bool // written under mu
+	done    chan struct{}
+	pending map[net.Conn]struct{}
+	conns   map[string]map[pcKey]*packetConn
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var (
+	_ TCPMux         = (*TCPMuxDefault)(nil)
+	_ net.PacketConn = (*tcpPacketConn)(nil)
+)
+
+// NewTCPMuxDefault starts serving params.Listener at once. Zero fields of
+// params take their documented defaults. If params fail Validate, the error
+// is logged and the returned mux is closed: GetConnByUfrag returns the
+// error.
+func NewTCPMuxDefault(params TCPMuxParams) *TCPMuxDefault {
+	p := params.populateDefaults()
+	m := &TCPMuxDefault{
+		params:   p,
+		log:      p.Logger,
+		listener: p.Listener,
+		done:     make(chan struct{}),
+		pending:  make(map[net.Conn]struct{}),
+		conns:    make(map[string]map[pcKey]*packetConn),
+	}
+	if err := params.Validate(); err != nil {
+		m.log.Errorf("tcpmux: not serving: %v", err)
+		m.initErr = err
+		m.closed.Store(true)
+		close(m.done)
+		return m
+	}
+	m.port = int(addrPortOf(p.Listener.Addr()).Port())
+	m.fallback = newFallbackListener(m)
+	m.wg.Add(1)
+	go m.acceptLoop()
+	return m
+}
+
+// LocalAddr is the listener's address.
+func (m *TCPMuxDefault) LocalAddr() net.Addr {
+	if m.listener == nil {
+		return nil
+	}
+	return m.listener.Addr()
+}
+
+// Stats returns a snapshot of the mux's counters. It never blocks on I/O.
+func (m *TCPMuxDefault) Stats() Stats { return m.stats.snapshot() }
+
+// FallbackListener yields the connections that do not speak framed STUN
+// when TCPMuxParams.Fallback is set, with the bytes the mux read replayed.
+// Its Addr is the mux's; closing it stops the hand-over; the mux's Close
+// closes it. Without Fallback, its Accept fails at once.
+func (m *TCPMuxDefault) FallbackListener() net.Listener {
+	if m.fallback == nil {
+		return newFallbackListener(m) // for a mux that never started
+	}
+	return m.fallback
+}
+
+func (m *TCPMuxDefault) isClosed() bool { return m.closed.Load() }
+
+// GetConnByUfrag returns a new handle on the PacketConn of (ufrag, isIPv6,
+// local), creating the PacketConn if needed, or claiming one that incoming
+// connections created, with every packet they queued. The PacketConn
+// closes with its last handle.
+func (m *TCPMuxDefault) GetConnByUfrag(ufrag string, isIPv6 bool, local net.IP) (net.PacketConn, error) {
+	if ufrag == "" {
+		return nil, ErrEmptyUfrag
+	}
+	ip, _ := netip.AddrFromSlice(local)
+	key := pcKey{ipv6: isIPv6, local: ip.Unmap()}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.initErr != nil {
+		return nil, m.initErr
+	}
+	if m.closed.Load() {
+		return nil, ErrMuxClosed
+	}
+	pc := m.conns[ufrag][key]
+	if pc == nil || !pc.acquire() {
+		pc = m.newPacketConnLocked(ufrag, key)
+		pc.acquire()
+	}
+	return newTCPPacketConn(pc), nil
+}
+
+// RemoveConnByUfrag closes every PacketConn of ufrag, in both families and
+// on every local IP, with their connections. Idempotent.
+func (m *TCPMuxDefault) RemoveConnByUfrag(ufrag string) {
+	m.mu.Lock()
+	pcs := make([]*packetConn, 0, len(m.conns[ufrag]))
+	for _, pc := range m.conns[ufrag] {
+		pcs = append(pcs, pc)
+	}
+	m.mu.Unlock()
+	for _, pc := range pcs {
+		pc.close()
+	}
+}
+
+// Close closes the listener, every pending and attached connection, every
+// PacketConn and the fallback listener, and returns once every goroutine
+// the mux started has exited. Later calls return nil.
+func (m *TCPMuxDefault) Close() error {
+	first := false
+	m.closeOnce.Do(func() {
+		first = true
+		m.closeErr = m.shutdown()
+	})
+	if !first {
+		return nil
+	}
+	return m.closeErr
+}
+
+func (m *TCPMuxDefault) shutdown() error {
+	if m.initErr != nil {
+		return nil
+	}
+	m.mu.Lock()
+	m.closed.Store(true)
+	close(m.done)
+	pending := make([]net.Conn, 0, len(m.pending))
+	for conn := range m.pending {
+		pending = append(pending, conn)
+	}
+	var pcs []*packetConn
+	for _, byKey := range m.conns {
+		for _, pc := range byKey {
+			pcs = append(pcs, pc)
+		}
+	}
+	m.mu.Unlock()
+
+	err := m.listener.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	for _, conn := range pending {
+		_ = conn.Close()
+	}
+	for _, pc := range pcs {
+		pc.close()
+	}
+	_ = m.fallback.Close()
+	m.wg.Wait()
+	return err
+}
+
+// enterCallback registers a timer callback with the WaitGroup that Close
+// waits on, unless the mux is closed.
+func (m *TCPMuxDefault) enterCallback() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed.Load() {
+		return false
+	}
+	m.wg.Add(1)
+	return true
+}
+
+func (m *TCPMuxDefault) acceptLoop() {
+	defer m.wg.Done()
+	var backoff time.Duration
+	for {
+		conn, err := m.listener.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || m.isClosed() {
+				return
+			}
+			backoff = min(max(2*backoff, minAcceptBackoff), maxAcceptBackoff)
+			m.log.Warnf("tcpmux: accept failed, retrying in %v: %v", backoff, err)
+			if !m.sleep(backoff) {
+				return
+			}
+			continue
+		}
+		backoff = 0
+		m.stats.accepted.Add(1)
+		m.startConn(conn)
+	}
+}
+
+// sleep waits for d or Close, reporting whether the mux is still open.
+func (m *TCPMuxDefault) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-m.done:
+		return false
+	}
+}
+
+// startConn applies the admission limits and starts the connection's
+// goroutine, which reads the first frame and then every later one.
+func (m *TCPMuxDefault) startConn(conn net.Conn) {
+	p := &m.params
+	if (p.MaxConnections > 0 && m.stats.held.Load() >= int64(p.MaxConnections)) ||
+		(p.MaxPendingConnections > 0 && m.stats.pending.Load() >= int64(p.MaxPendingConnections)) {
+		m.log.Debugf("tcpmux: connection limit reached, closing %s", conn.RemoteAddr())
+		_ = conn.Close()
+		m.stats.reject(rejectLimit)
+		return
+	}
+	m.mu.Lock()
+	if m.closed.Load() {
+		m.mu.Unlock()
+		_ = conn.Close()
+		m.stats.reject(rejectOther)
+		return
+	}
+	m.pending[conn] = struct{}{}
+	m.stats.held.Add(1)
+	m.stats.pending.Add(1)
+	m.wg.Add(1)
+	m.mu.Unlock()
+	go m.serveConn(conn, time.Now())
+}
+
+func (m *TCPMuxDefault) serveConn(conn net.Conn, accepted time.Time) {
+	defer m.wg.Done()
+	c := newStreamConn(m, conn)
+	fr := NewFrameReader(conn, MaxFirstFrameSize)
+	frame, ufrag, verdict := m.readFirstFrame(c, fr, accepted)
+	switch verdict {
+	case rejectNone:
+		verdict = m.attach(c, ufrag)
+	case handedOver:
+		return
+	}
+	if verdict != rejectNone {
+		m.reject(c, verdict)
+		return
+	}
+	fr.SetMaxPayload(MaxFramePayload)
+	if c.pc.deliver(c, frame) {
+		c.readLoop(fr)
+	}
+	c.fail(io.EOF) // no-op unless the PacketConn closed under a blocked reader
+	c.waitWriters()
+}
+
+var timeZero time.Time
+
+// handedOver is the verdict for a connection given to the fallback
+// listener: neither admitted nor rejected.
+const handedOver = rejectReason(255)
+
+// readFirstFrame reads and validates the first frame under the
+// first-frame deadline, or hands a non-STUN connection to the fallback.
+func (m *TCPMuxDefault) readFirstFrame(c *streamConn, fr *FrameReader, accepted time.Time) (frame, ufrag []byte, _ rejectReason) {
+	if err := c.conn.SetReadDeadline(accepted.Add(m.params.FirstStunBindTimeout)); err != nil {
+		return nil, nil, rejectOther
+	}
+	if m.params.Fallback {
+		head, err := fr.Peek(stunSniffSize)
+		if err != nil {
+			return nil, nil, readFailure(err)
+		}
+		if !looksLikeBindingRequest(head) {
+			return nil, nil, m.handOver(c, fr)
+		}
+	}
+	frame, err := fr.Next()
+	if err != nil {
+		return nil, nil, readFailure(err)
+	}
+	ufrag, reason := parseBindingRequest(frame)
+	if reason != rejectNone {
+		return nil, nil, reason
+	}
+	if lookup := m.params.PasswordLookup; lookup != nil {
+		password, ok := lookup(string(ufrag))
+		if !ok || !verifyIntegrity(frame, password) {
+			return nil, nil, rejectAuth
+		}
+	}
+	if err := c.conn.SetReadDeadline(time.Time{}); err != nil {
+		return nil, nil, rejectOther
+	}
+	return frame, ufrag, rejectNone
+}
+
+func readFailure(err error) rejectReason {
+	var netErr net.Error
+	switch {
+	case errors.Is(err, ErrFrameTooLarge):
+		return rejectTooLarge
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return rejectTimeout
+	default:
+		return rejectOther
+	}
+}
+
+// attach joins an admitted connection to the PacketConn of its ufrag,
+// family and local IP, creating an unclaimed one if nobody asked for it.
+func (m *TCPMuxDefault) attach(c *streamConn, ufrag []byte) rejectReason {
+	key := pcKey{ipv6: !c.remoteAP.Addr().Is4(), local: c.local}
+	c.multipath = isMultipath(c.conn)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed.Load() {
+		return rejectOther
+	}
+	byKey := m.conns[string(ufrag)]
+	if limit := m.params.MaxConnectionsPerUfrag; limit > 0 && attachedCount(byKey) >= limit {
+		return rejectLimit
+	}
+	pc := byKey[key]
+	for {
+		if pc == nil {
+			pc = m.newPacketConnLocked(string(ufrag), key)
+			pc.startExpiry()
+		}
+		dead, duplicate := pc.addConn(c)
+		if duplicate {
+			return rejectOther
+		}
+		if !dead {
+			break
+		}
+		pc = nil
+	}
+	delete(m.pending, c.conn)
+	m.stats.pending.Add(-1)
+	m.stats.connAttached(c)
+	return rejectNone
+}
+
+func attachedCount(byKey map[pcKey]*packetConn) int {
+	n := 0
+	for _, pc := range byKey {
+		n += pc.connCount()
+	}
+	return n
+}
+
+// newPacketConnLocked creates and registers a PacketConn. Called with m.mu
+// held.
+func (m *TCPMuxDefault) newPacketConnLocked(ufrag string, key pcKey) *packetConn {
+	pc := newPacketConn(m, ufrag, key)
+	byKey := m.conns[ufrag]
+	if byKey == nil {
+		byKey = make(map[pcKey]*packetConn, 1)
+		m.conns[ufrag] = byKey
+	}
+	byKey[key] = pc
+	m.stats.packetConns.Add(1)
+	return pc
+}
+
+// forget unregisters a closing PacketConn, leaving any newer one of the
+// same key in place.
+func (m *TCPMuxDefault) forget(pc *packetConn) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stats.packetConns.Add(-1)
+	byKey := m.conns[pc.ufrag]
+	if byKey[pc.key] != pc {
+		return
+	}
+	delete(byKey, pc.key)
+	if len(byKey) == 0 {
+		delete(m.conns, pc.ufrag)
+	}
+}
+
+// reject closes a connection that was not admitted and counts why.
+func (m *TCPMuxDefault) reject(c *streamConn, reason rejectReason) {
+	m.mu.Lock()
+	delete(m.pending, c.conn)
+	m.mu.Unlock()
+	m.stats.pending.Add(-1)
+	m.stats.held.Add(-1)
+	m.stats.reject(reason)
+	m.log.Debugf("tcpmux: rejected connection from %s: %v", c.remoteAP, reason)
+	c.close()
+}
+
+// String describes the mux for logs.
+func (m *TCPMuxDefault) String() string {
+	return fmt.Sprintf("tcpmux(%v)", m.LocalAddr())
+}

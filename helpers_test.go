@@ -128,7 +128,9 @@ func readFrame(t testing.TB, conn net.Conn) []byte {
 // it takes longer than within.
 func waitClosedByPeer(t testing.TB, conn net.Conn, within time.Duration) {
 	t.Helper()
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(within)))
+	if err := conn.SetReadDeadline(time.Now().Add(within)); err != nil {
+		return // net.Pipe refuses deadlines once the other end closed
+	}
 	_, err := io.Copy(io.Discard, conn)
 	var netErr net.Error
 	if errors.As(err, &netErr) && netErr.Timeout() {

@@ -69,7 +69,7 @@ func (pc *packetConn) acquire() bool {
 func (pc *packetConn) release() {
 	pc.mu.Lock()
 	pc.refs--
-	if pc.refs > 0 {
+	if pc.refs > 0 || pc.dead {
 		pc.mu.Unlock()
 		return
 	}

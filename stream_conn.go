@@ -46,7 +46,8 @@ func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
 	c := &streamConn{mux: m, conn: conn, done: make(chan struct{}), wsem: make(chan struct{}, 1)}
 	c.remoteAP = unmapAddrPort(addrPortOf(conn.RemoteAddr()))
 	c.remote = net.TCPAddrFromAddrPort(c.remoteAP)
-	c.local = unmapAddrPort(addrPortOf(conn.LocalAddr())).Addr()
+	// Agents ask for a local IP without a zone, so the key drops it.
+	c.local = unmapAddrPort(addrPortOf(conn.LocalAddr())).Addr().WithZone("")
 	return c
 }
 

@@ -13,8 +13,9 @@ import (
 // over this bound is rejected as soon as its length header is read.
 const MaxFirstFrameSize = 2048
 
-// maxUsernameSize is RFC 8489's limit on USERNAME ("less than 513 bytes").
-const maxUsernameSize = 512
+// maxUsernameSize bounds USERNAME. ICE ufrags may have 256 characters
+// (RFC 8445), so "local:remote" may take 513 bytes; pion/stun allows as much.
+const maxUsernameSize = 513
 
 const (
 	stunHeaderSize        = 20

@@ -143,9 +143,10 @@ func (fr *FrameReader) Buffered() []byte {
 // fill makes room for need unread bytes and does one Read.
 func (fr *FrameReader) fill(need int) error {
 	fr.makeRoom(need)
+	space := len(fr.buf) - fr.end
 	n, err := fr.r.Read(fr.buf[fr.end:])
 	fr.end += n
-	fr.adapt(n)
+	fr.adapt(n, space, need)
 	if n > 0 {
 		return nil
 	}
@@ -185,15 +186,20 @@ func (fr *FrameReader) makeRoom(need int) {
 
 // adapt grows the buffer when a Read filled it (more is probably waiting)
 // and halves it after a long run of light reads, so memory follows traffic.
-func (fr *FrameReader) adapt(n int) {
+// A Read counts as filling the buffer only if it was offered at least half
+// of it: filling the small tail left before a compaction says nothing about
+// the traffic. A Read counts as light only if the frame being read is small
+// too, so a stream of large frames arriving in small pieces keeps the room
+// it needs instead of shrinking and regrowing it.
+func (fr *FrameReader) adapt(n, space, need int) {
 	switch {
-	case fr.end == len(fr.buf) && len(fr.buf) < batchReadBuffer:
+	case n == space && 2*space >= len(fr.buf) && len(fr.buf) < batchReadBuffer:
 		fr.resize(2 * len(fr.buf))
 		fr.lightReads = 0
-	case n < len(fr.buf)/4 && len(fr.buf) > minReadBuffer:
+	case max(n, need) < len(fr.buf)/4 && len(fr.buf) > minReadBuffer:
 		fr.lightReads++
 		if fr.lightReads >= shrinkAfterReads && fr.end-fr.start <= len(fr.buf)/2 {
-			fr.resize(len(fr.buf) / 2)
+			fr.resize(max(len(fr.buf)/2, minReadBuffer))
 			fr.lightReads = 0
 		}
 	default:

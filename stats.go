@@ -40,7 +40,7 @@ type RejectedStats struct {
 	// NotSTUN: the first frame is not one valid STUN Binding request (or,
 	// without Fallback, the connection does not speak framed STUN at all).
 	NotSTUN uint64
-	// Username: USERNAME is missing, its ufrag is empty, or it is over 512
+	// Username: USERNAME is missing, its ufrag is empty, or it is over 513
 	// bytes.
 	Username uint64
 	// TooLarge: the first frame's header announces more than

@@ -375,9 +375,9 @@ func (m *TCPMuxDefault) readFirstFrame(c *streamConn, fr *FrameReader, accepted 
 			return nil, nil, rejectAuth
 		}
 	}
-	if err := c.conn.SetReadDeadline(time.Time{}); err != nil {
-		return nil, nil, rejectOther
-	}
+	// A connection too broken to clear its deadline fails its next Read
+	// and leaves quietly; its valid request is still delivered.
+	_ = c.conn.SetReadDeadline(time.Time{})
 	return frame, ufrag, rejectNone
 }
 

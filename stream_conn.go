@@ -31,6 +31,9 @@ type streamConn struct {
 	wsem chan struct{}
 	wbuf []byte
 	wdl  time.Time // the write deadline last set on conn
+	// wdlStale is set when a handle moved conn's write deadline under a
+	// blocked write, so the next write must set it again.
+	wdlStale atomic.Bool
 
 	// Buffered writes (WriteBufferSize > 0): frames are appended to pending
 	// and a flusher goroutine, alive only while pending is not empty, writes
@@ -39,11 +42,16 @@ type streamConn struct {
 	pending  []byte
 	spare    []byte
 	flushing bool
+	idle     bool          // the flusher waits for frames on wake
+	wake     chan struct{} // one token: frames were queued for an idle flusher
 	writers  sync.WaitGroup
 }
 
 func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
 	c := &streamConn{mux: m, conn: conn, done: make(chan struct{}), wsem: make(chan struct{}, 1)}
+	if m.params.WriteBufferSize > 0 {
+		c.wake = make(chan struct{}, 1)
+	}
 	c.remoteAP = unmapAddrPort(addrPortOf(conn.RemoteAddr()))
 	c.remote = net.TCPAddrFromAddrPort(c.remoteAP)
 	// Agents ask for a local IP without a zone, so the key drops it.
@@ -128,7 +136,7 @@ func (c *streamConn) writeLocked(p []byte, deadline time.Time) (int, error) {
 	if !deadline.IsZero() && !time.Now().Before(deadline) {
 		return 0, os.ErrDeadlineExceeded
 	}
-	if !deadline.Equal(c.wdl) {
+	if !deadline.Equal(c.wdl) || c.wdlStale.Swap(false) {
 		if err := c.conn.SetWriteDeadline(deadline); err != nil {
 			c.fail(err)
 			return 0, err
@@ -145,14 +153,22 @@ func (c *streamConn) writeLocked(p []byte, deadline time.Time) (int, error) {
 	if timeout && n == 0 {
 		return 0, os.ErrDeadlineExceeded
 	}
+	closedUnderUs := c.closed.Load()
 	c.fail(err)
-	if timeout {
+	switch {
+	case timeout:
 		return 0, os.ErrDeadlineExceeded
-	}
-	if c.mux.isClosed() {
+	case closedUnderUs:
 		return 0, ErrConnClosed
 	}
 	return 0, &net.OpError{Op: "write", Net: "tcp", Addr: c.remote, Err: err}
+}
+
+// moveWriteDeadline applies a handle's new write deadline to a write that
+// is blocked on this connection.
+func (c *streamConn) moveWriteDeadline(t time.Time) {
+	c.wdlStale.Store(true)
+	_ = c.conn.SetWriteDeadline(t)
 }
 
 func (c *streamConn) writeBuffered(p []byte) (int, error) {
@@ -173,9 +189,13 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 		c.flushing = true
 		c.writers.Add(1)
 	}
+	wakeIdle := c.idle
+	c.idle = false
 	c.bmu.Unlock()
 	if start {
 		go c.flush()
+	} else if wakeIdle {
+		wake(c.wake)
 	}
 	return len(p), nil
 }
@@ -184,18 +204,31 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 // buffers are released so idle connections stay small.
 const maxIdleWriteBuffer = 64 << 10
 
-// flush writes pending frames until none are left, then exits.
+// flusherLinger is how long a flusher waits for more frames before it
+// exits. Starting a goroutine allocates, so a connection with steady
+// traffic keeps its flusher and one that falls idle gives it up.
+const flusherLinger = 2 * time.Second
+
+// flush writes pending frames, waits up to flusherLinger for more, then
+// exits.
 func (c *streamConn) flush() {
 	defer c.writers.Done()
+	linger := time.NewTimer(flusherLinger)
+	defer linger.Stop()
 	for {
 		c.bmu.Lock()
-		if len(c.pending) == 0 || c.closed.Load() {
-			c.flushing = false
-			if cap(c.pending) > maxIdleWriteBuffer {
-				c.pending = nil
-			}
+		if c.closed.Load() {
+			c.flushing, c.idle = false, false
 			c.bmu.Unlock()
 			return
+		}
+		if len(c.pending) == 0 {
+			c.idle = true
+			c.bmu.Unlock()
+			if !c.waitForFrames(linger) {
+				return
+			}
+			continue
 		}
 		buf := c.pending
 		c.pending = c.spare[:0]
@@ -209,6 +242,31 @@ func (c *streamConn) flush() {
 			c.fail(err)
 		}
 	}
+}
+
+// waitForFrames waits until frames are queued, and reports false after
+// having retired the flusher if none come within flusherLinger.
+func (c *streamConn) waitForFrames(linger *time.Timer) bool {
+	linger.Reset(flusherLinger)
+	select {
+	case <-c.wake:
+		return true
+	case <-c.done:
+		return true // the loop sees closed
+	case <-linger.C:
+	}
+	c.bmu.Lock()
+	defer c.bmu.Unlock()
+	if len(c.pending) > 0 && !c.closed.Load() {
+		c.idle = false
+		return true
+	}
+	c.flushing, c.idle = false, false
+	if cap(c.pending) > maxIdleWriteBuffer {
+		c.pending = nil
+	}
+	c.spare = nil
+	return false
 }
 
 // waitWriters waits for a closed connection's flusher to exit.

@@ -182,6 +182,20 @@ func (pc *packetConn) lookup(addr netip.AddrPort) *streamConn {
 // deliver queues a packet from c, waiting while the queue is full. It
 // returns false when c or the PacketConn has closed.
 func (pc *packetConn) deliver(c *streamConn, p []byte) bool {
+	// Counted before the push, so that a Stats snapshot taken after
+	// ReadFrom returned the packet includes it.
+	stats := &pc.mux.stats
+	stats.packetsReceived.Add(1)
+	stats.bytesReceived.Add(uint64(len(p)))
+	if pc.push(c, p) {
+		return true
+	}
+	stats.packetsReceived.Add(^uint64(0))
+	stats.bytesReceived.Add(^uint64(len(p) - 1))
+	return false
+}
+
+func (pc *packetConn) push(c *streamConn, p []byte) bool {
 	retry := false
 	for {
 		ok, err := pc.queue.push(c, p, retry)
@@ -189,8 +203,6 @@ func (pc *packetConn) deliver(c *streamConn, p []byte) bool {
 			return false
 		}
 		if ok {
-			pc.mux.stats.packetsReceived.Add(1)
-			pc.mux.stats.bytesReceived.Add(uint64(len(p)))
 			return true
 		}
 		select {
@@ -210,6 +222,7 @@ func (pc *packetConn) deliver(c *streamConn, p []byte) bool {
 // reference to a shared packetConn, with deadlines of its own.
 type tcpPacketConn struct {
 	pc            *packetConn
+	writing       atomic.Pointer[streamConn] // the connection a WriteTo blocks on
 	closed        atomic.Bool
 	done          chan struct{}
 	readDeadline  deadline
@@ -297,7 +310,9 @@ func (h *tcpPacketConn) WriteToAddrPort(b []byte, addr netip.AddrPort) (int, err
 		}
 		return 0, fmt.Errorf("%w: %v", ErrNoConnForAddr, addr)
 	}
+	h.writing.Store(c)
 	n, err := c.writeFrame(b, &h.writeDeadline)
+	h.writing.Store(nil)
 	if err == nil {
 		h.pc.mux.stats.packetsSent.Add(1)
 		h.pc.mux.stats.bytesSent.Add(uint64(n))
@@ -342,8 +357,7 @@ func (h *tcpPacketConn) LocalAddr() net.Addr { return h.pc.localAddr }
 // SetDeadline sets both deadlines of this handle.
 func (h *tcpPacketConn) SetDeadline(t time.Time) error {
 	h.readDeadline.set(t)
-	h.writeDeadline.set(t)
-	return nil
+	return h.SetWriteDeadline(t)
 }
 
 // SetReadDeadline bounds ReadFrom, including one already blocked.
@@ -352,9 +366,12 @@ func (h *tcpPacketConn) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
-// SetWriteDeadline bounds WriteTo.
+// SetWriteDeadline bounds WriteTo, including one blocked in a write.
 func (h *tcpPacketConn) SetWriteDeadline(t time.Time) error {
 	h.writeDeadline.set(t)
+	if c := h.writing.Load(); c != nil {
+		c.moveWriteDeadline(t)
+	}
 	return nil
 }
 

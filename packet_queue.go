@@ -82,9 +82,14 @@ func (q *packetQueue) push(c *streamConn, p []byte, retry bool) (ok bool, err er
 	q.entries[(q.first+q.count)%len(q.entries)] = queuedPacket{size: len(p), from: c}
 	q.count++
 	q.used += len(p)
+	// Readers only wait on an empty queue, and pass the token on while
+	// packets remain, so only the first packet needs to wake one.
+	wasEmpty := q.count == 1
 	passBaton := q.blocked > 0 && q.count < len(q.entries)
 	q.mu.Unlock()
-	wake(q.readable)
+	if wasEmpty {
+		wake(q.readable)
+	}
 	if passBaton {
 		wake(q.writable)
 	}

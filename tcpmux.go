@@ -298,15 +298,15 @@ func (m *TCPMuxDefault) startConn(conn net.Conn) {
 	if (p.MaxConnections > 0 && m.stats.held.Load() >= int64(p.MaxConnections)) ||
 		(p.MaxPendingConnections > 0 && m.stats.pending.Load() >= int64(p.MaxPendingConnections)) {
 		m.log.Debugf("tcpmux: connection limit reached, closing %s", conn.RemoteAddr())
+		m.stats.reject(rejectLimit) // counted first: the peer may look at once
 		_ = conn.Close()
-		m.stats.reject(rejectLimit)
 		return
 	}
 	m.mu.Lock()
 	if m.closed.Load() {
 		m.mu.Unlock()
-		_ = conn.Close()
 		m.stats.reject(rejectOther)
+		_ = conn.Close()
 		return
 	}
 	m.pending[conn] = struct{}{}

@@ -319,9 +319,16 @@ func (m *TCPMuxDefault) startConn(conn net.Conn) {
 
 func (m *TCPMuxDefault) serveConn(conn net.Conn, accepted time.Time) {
 	defer m.wg.Done()
+	// The deadline comes first: a wrapped conn such as a PROXY-protocol
+	// one may read from the network to learn its addresses.
+	deadlineErr := conn.SetReadDeadline(accepted.Add(m.params.FirstStunBindTimeout))
 	c := newStreamConn(m, conn)
+	if deadlineErr != nil {
+		m.reject(c, rejectOther)
+		return
+	}
 	fr := NewFrameReader(conn, MaxFirstFrameSize)
-	frame, ufrag, verdict := m.readFirstFrame(c, fr, accepted)
+	frame, ufrag, verdict := m.readFirstFrame(c, fr)
 	switch verdict {
 	case rejectNone:
 		verdict = m.attach(c, ufrag)
@@ -347,11 +354,8 @@ var timeZero time.Time
 const handedOver = rejectReason(255)
 
 // readFirstFrame reads and validates the first frame under the
-// first-frame deadline, or hands a non-STUN connection to the fallback.
-func (m *TCPMuxDefault) readFirstFrame(c *streamConn, fr *FrameReader, accepted time.Time) (frame, ufrag []byte, _ rejectReason) {
-	if err := c.conn.SetReadDeadline(accepted.Add(m.params.FirstStunBindTimeout)); err != nil {
-		return nil, nil, rejectOther
-	}
+// first-frame deadline, already set, or hands a non-STUN connection to the fallback.
+func (m *TCPMuxDefault) readFirstFrame(c *streamConn, fr *FrameReader) (frame, ufrag []byte, _ rejectReason) {
 	if m.params.Fallback {
 		head, err := fr.Peek(stunSniffSize)
 		if err != nil {

@@ -1,0 +1,369 @@
+// Package compare measures github.com/icetcp/tcpmux side by side with
+// pion/ice v4's ice.TCPMuxDefault and with a plain framed-TCP reference (no
+// mux: bufio reads in the application's goroutine, one Write per frame), on
+// the same workloads in one process run, interleaved round by round (pion,
+// ours, ref; the next round starts one further along), and prints the
+// medians and ratios as markdown tables.
+//
+// The clients run in a separate process (this executable re-executed with
+// Config.ClientArgs), talking over loopback, so that the server's CPU time
+// (getrusage RUSAGE_SELF), allocations (runtime.MemStats.Mallocs) and memory
+// are the server's alone. Workloads:
+//
+//   - ingress: clients send frames as fast as they can; each agent (one
+//     ufrag, one TCP connection, one goroutine in ReadFrom, like a pion/ice
+//     agent's candidate) counts the packets it reads.
+//   - egress: each agent writes packets to its connection with WriteTo as
+//     fast as it can; clients drain. Buffered mode retries after a frame
+//     dropped for a full write buffer (counted in drops/s).
+//   - echo: each client sends one frame and waits for the agent to write
+//     it back; the client process records the round-trip times.
+//   - accept+idle: N clients connect and send their Binding request to N
+//     agents waiting in ReadFrom; the server CPU time and allocations of
+//     accepting them are divided by N; then, with the N connections idle,
+//     the growth of HeapInuse+StackInuse and of the goroutine count since
+//     before GetConnByUfrag is divided by N (the agents' reader goroutines
+//     included, their read buffers excluded).
+//
+// Agents read with ReadFromAddrPort and write with WriteToAddrPort when the
+// PacketConn offers them, as pion/ice's agent does (Config.API "addr"
+// forces ReadFrom/WriteTo).
+package compare
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Config is one comparison run.
+type Config struct {
+	Duration          time.Duration // measured window per trial
+	Warmup            time.Duration // traffic before the window opens
+	Rounds            int
+	Quick             bool   // a small workload set, for a smoke test
+	Only              string // run only workloads whose name contains one of these comma-separated strings
+	Params            MuxParams
+	BufferedWriteSize int // WriteBufferSize of the buffered egress workloads
+	IdleConns         int // connections of the accept+idle workload
+	API               string
+	ClientArgs        []string  // arguments that make this executable a client
+	ClientEnv         []string  // extra environment of the client process
+	Out               io.Writer // the report
+	Log               io.Writer // progress and errors
+	Verbose           bool      // log every trial
+
+	client *clientProc
+}
+
+func (c *Config) addrPortAPI() bool { return c.API != "addr" }
+
+// Workloads is the run's workload list.
+func (c *Config) Workloads() []Workload {
+	var ws []Workload
+	if c.Quick {
+		ws = []Workload{
+			{Kind: Ingress, Conns: 1, Size: 64},
+			{Kind: Ingress, Conns: 1, Size: 1200},
+			{Kind: Ingress, Conns: 16, Size: 1200},
+			{Kind: Egress, Conns: 1, Size: 1200},
+			{Kind: Egress, Conns: 16, Size: 1200},
+			{Kind: Echo, Conns: 1, Size: 1200},
+			{Kind: IdleConn, Conns: c.IdleConns},
+		}
+	} else {
+		for _, kind := range []string{Ingress, Egress} {
+			for _, conns := range []int{1, 16, 256} {
+				for _, size := range []int{64, 1200, 8000} {
+					ws = append(ws, Workload{Kind: kind, Conns: conns, Size: size})
+				}
+			}
+		}
+		for _, conns := range []int{1, 16, 256} {
+			ws = append(ws, Workload{Kind: Egress, Conns: conns, Size: 1200, Buffered: true})
+		}
+		ws = append(ws,
+			Workload{Kind: Echo, Conns: 1, Size: 1200},
+			Workload{Kind: Echo, Conns: 16, Size: 1200},
+			Workload{Kind: IdleConn, Conns: c.IdleConns},
+		)
+	}
+	if c.Only != "" {
+		keep := strings.Split(c.Only, ",")
+		ws = slices.DeleteFunc(ws, func(w Workload) bool {
+			return !slices.ContainsFunc(keep, func(k string) bool { return strings.Contains(w.String(), k) })
+		})
+	}
+	return ws
+}
+
+// results[workload][impl][round]; nil where the trial failed.
+type results [][numImpls][]sample
+
+const numImpls = 3 // len(Impls)
+
+func implIndex(impl Impl) int { return slices.Index(Impls, impl) }
+
+// Run runs the comparison and writes the report to cfg.Out.
+func Run(cfg Config) error {
+	if cfg.Log == nil {
+		cfg.Log = os.Stderr
+	}
+	if cfg.Out == nil {
+		cfg.Out = os.Stdout
+	}
+	client, err := startClient(cfg.ClientArgs, cfg.ClientEnv)
+	if err != nil {
+		return fmt.Errorf("starting the client process: %w", err)
+	}
+	cfg.client = client
+	defer func() { _ = client.close() }()
+
+	ws := cfg.Workloads()
+	res := make(results, len(ws))
+	for i := range res {
+		for j := range res[i] {
+			res[i][j] = make([]sample, cfg.Rounds)
+		}
+	}
+	start := time.Now()
+	failures := 0
+	for round := range cfg.Rounds {
+		order := append(slices.Clone(Impls[round%len(Impls):]), Impls[:round%len(Impls)]...)
+		for wi, w := range ws {
+			for _, impl := range order {
+				t0 := time.Now()
+				s, err := runTrial(&cfg, client, w, impl)
+				if cfg.Verbose {
+					fmt.Fprintf(cfg.Log, "round %d: %-34s %-4s %6v goroutines=%d %v\n", round+1, w, impl,
+						time.Since(t0).Round(time.Millisecond), runtime.NumGoroutine(), s)
+				}
+				if err != nil {
+					failures++
+					fmt.Fprintf(cfg.Log, "round %d: %s: %s: %v\n", round+1, w, impl, err)
+					continue
+				}
+				res[wi][implIndex(impl)][round] = s
+			}
+		}
+		fmt.Fprintf(cfg.Log, "round %d/%d done after %v\n", round+1, cfg.Rounds, time.Since(start).Round(time.Second))
+	}
+	report(&cfg, ws, res, time.Since(start))
+	if failures > 0 {
+		return fmt.Errorf("%d trials failed", failures)
+	}
+	return nil
+}
+
+// metricSpec says how to show and judge one metric.
+type metricSpec struct {
+	name   string
+	format func(float64) string
+	goal   string                         // shown in the goal column
+	check  func(ratio, ours float64) bool // nil: informative only
+	// noRatio: ratios of allocation counts say nothing; the goal is 0.
+	noRatio bool
+}
+
+func specsFor(w Workload) (goals, details []metricSpec) {
+	zeroAllocs := func(_, ours float64) bool { return ours < 0.01 }
+	switch w.Kind {
+	case Ingress:
+		goals = []metricSpec{
+			{mPktRate, fmtRate, ">= 3x", func(r, _ float64) bool { return r >= 3 }, false},
+			{mAllocsPkt, fmtAllocs, "0", zeroAllocs, true},
+		}
+		details = []metricSpec{{name: mCPUPerPkt, format: fmtNanos}}
+	case Egress:
+		goals = []metricSpec{
+			{mPktRate, fmtRate, ">= 1.5x", func(r, _ float64) bool { return r >= 1.5 }, false},
+			{mAllocsPkt, fmtAllocs, "0", zeroAllocs, true},
+		}
+		details = []metricSpec{{name: mCPUPerPkt, format: fmtNanos}}
+		if w.Buffered {
+			details = append(details, metricSpec{name: mDropRate, format: fmtRate})
+		}
+	case Echo:
+		goals = []metricSpec{
+			{mP50, fmtNanos, "<= 0.75x", func(r, _ float64) bool { return r <= 0.75 }, false},
+			{mAllocsRT, fmtAllocs, "0", zeroAllocs, true},
+		}
+		details = []metricSpec{
+			{name: mP99, format: fmtNanos},
+			{name: mRTRate, format: fmtRate},
+			{name: mCPUPerRT, format: fmtNanos},
+		}
+	case IdleConn:
+		goals = []metricSpec{
+			{mIdleBytes, fmtBytes, "<= 0.5x", func(r, _ float64) bool { return r <= 0.5 }, false},
+			{mIdleGorout, fmtCount, "<= 2 (1 mux + the app's reader)", func(_, ours float64) bool { return ours <= 2.05 }, false},
+			{mAcceptCPU, fmtNanos, "<= 0.7x", func(r, _ float64) bool { return r <= 0.7 }, false},
+		}
+		details = []metricSpec{
+			{name: mIdleHeap, format: fmtBytes},
+			{name: mIdleStack, format: fmtBytes},
+			{name: mAcceptAlloc, format: fmtCount},
+		}
+	}
+	return goals, details
+}
+
+func report(cfg *Config, ws []Workload, res results, took time.Duration) {
+	out := cfg.Out
+	fmt.Fprintf(out, "## tcpmux vs pion/ice TCPMuxDefault vs plain framed TCP\n\n")
+	fmt.Fprintf(out, "%s %s/%s, GOMAXPROCS %d, %d CPUs; %d rounds of %v (+%v warm-up) per trial, interleaved; run took %v.\n",
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.NumCPU(),
+		cfg.Rounds, cfg.Duration, cfg.Warmup, took.Round(time.Second))
+	api := "ReadFromAddrPort/WriteToAddrPort where offered (ours, ref), else ReadFrom/WriteTo (pion)"
+	if !cfg.addrPortAPI() {
+		api = "ReadFrom/WriteTo for all"
+	}
+	fmt.Fprintf(out, "Both muxes get TCPMuxParams{ReadBufferSize: %d, WriteBufferSize: 0, or %d in buffered mode}; agents use %s.\n",
+		cfg.Params.ReadBufferSize, cfg.BufferedWriteSize, api)
+	fmt.Fprintf(out, "Values are medians over rounds; a ratio is the median of the per-round ours/pion (or ours/ref) ratios, with their range.\n")
+	fmt.Fprintf(out, "The clients run in a separate process; CPU and allocations are the server process's.\n\n")
+
+	header := "| workload | metric | pion | ours | ref | ours/pion | ours/ref |"
+	fmt.Fprintln(out, "### Goals")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, header+" goal | met |")
+	fmt.Fprintln(out, "|---|---|---:|---:|---:|---:|---:|---|---|")
+	for wi, w := range ws {
+		goals, _ := specsFor(w)
+		for k, spec := range goals {
+			row, ratio, ours, ok := tableRow(res[wi], w, k, spec)
+			met := "?"
+			if ok && spec.check != nil {
+				met = "no"
+				if spec.check(ratio, ours) {
+					met = "yes"
+				}
+			}
+			fmt.Fprintf(out, "%s %s | %s |\n", row, spec.goal, met)
+		}
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "### Details")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, header)
+	fmt.Fprintln(out, "|---|---|---:|---:|---:|---:|---:|")
+	for wi, w := range ws {
+		_, details := specsFor(w)
+		for k, spec := range details {
+			row, _, _, _ := tableRow(res[wi], w, k, spec)
+			fmt.Fprintln(out, row)
+		}
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "ref is the floor, not a competitor: it has no mux (no ufrag routing, no queue, no hand-off between goroutines) and")
+	fmt.Fprintln(out, "no write buffer (its buffered egress rows write synchronously). Per-packet CPU is the server process's CPU time in")
+	fmt.Fprintln(out, "the window divided by the packets moved, the agents' own loop included.")
+}
+
+// tableRow formats one metric of one workload; it returns the median
+// ours/pion ratio and ours' median, and whether both exist.
+func tableRow(byImpl [numImpls][]sample, w Workload, k int, spec metricSpec) (string, float64, float64, bool) {
+	name := ""
+	if k == 0 {
+		name = w.String()
+	}
+	var medians [numImpls]float64
+	var have [numImpls]bool
+	cells := make([]string, numImpls)
+	for i := range Impls {
+		vals := values(byImpl[i], spec.name)
+		if len(vals) == 0 {
+			cells[i] = "n/a"
+			continue
+		}
+		medians[i], have[i] = median(vals), true
+		cells[i] = spec.format(medians[i])
+	}
+	pi, oi, ri := implIndex(Pion), implIndex(Ours), implIndex(Ref)
+	vsPion, rPion, okPion := ratioCell(byImpl[oi], byImpl[pi], spec.name)
+	vsRef, _, _ := ratioCell(byImpl[oi], byImpl[ri], spec.name)
+	if spec.noRatio {
+		vsPion, vsRef = "", ""
+	}
+	row := fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s |", name, spec.name, cells[pi], cells[oi], cells[ri], vsPion, vsRef)
+	return row, rPion, medians[oi], okPion && have[oi]
+}
+
+func values(ss []sample, metric string) []float64 {
+	var vals []float64
+	for _, s := range ss {
+		if v, ok := s[metric]; ok {
+			vals = append(vals, v)
+		}
+	}
+	return vals
+}
+
+// ratioCell is the median of per-round num/den ratios, with their range.
+func ratioCell(num, den []sample, metric string) (string, float64, bool) {
+	var rs []float64
+	for r := range num {
+		if num[r] == nil || den[r] == nil {
+			continue
+		}
+		n, d := num[r][metric], den[r][metric]
+		if d <= 0 {
+			continue
+		}
+		rs = append(rs, n/d)
+	}
+	if len(rs) == 0 {
+		return "n/a", 0, false
+	}
+	m := median(rs)
+	if len(rs) == 1 {
+		return fmt.Sprintf("%.2fx", m), m, true
+	}
+	return fmt.Sprintf("%.2fx (%.2f-%.2f)", m, slices.Min(rs), slices.Max(rs)), m, true
+}
+
+func median(vs []float64) float64 {
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func fmtRate(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.1fk", v/1e3)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func fmtNanos(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2f ms", v/1e6)
+	case v >= 1e4:
+		return fmt.Sprintf("%.0f µs", v/1e3)
+	case v >= 1e3:
+		return fmt.Sprintf("%.1f µs", v/1e3)
+	}
+	return fmt.Sprintf("%.0f ns", v)
+}
+
+func fmtBytes(v float64) string {
+	if v >= 1024 || v <= -1024 {
+		return fmt.Sprintf("%.1f KiB", v/1024)
+	}
+	return fmt.Sprintf("%.0f B", v)
+}
+
+func fmtAllocs(v float64) string { return fmt.Sprintf("%.3f", v) }
+
+func fmtCount(v float64) string { return fmt.Sprintf("%.2f", v) }

@@ -22,31 +22,39 @@ func looksLikeBindingRequest(head []byte) bool {
 // handOver gives a non-STUN connection, with the bytes read so far, to the
 // fallback listener. The connection leaves the mux's limits and counters.
 func (m *TCPMuxDefault) handOver(c *streamConn, fr *FrameReader) rejectReason {
-	if err := c.conn.SetReadDeadline(timeZero); err != nil {
-		return rejectOther
-	}
+	// As after a first frame: a broken conn fails its next Read anyway.
+	_ = c.conn.SetReadDeadline(timeZero)
 	replayed := &replayConn{Conn: c.conn, replay: fr.Buffered()}
 	m.mu.Lock()
 	delete(m.pending, c.conn)
 	m.mu.Unlock()
-	switch m.fallback.offer(replayed) {
-	case offerQueued:
-		m.stats.pending.Add(-1)
-		m.stats.held.Add(-1)
+	// The connection leaves the limits before the app can Accept it, so
+	// that the app's next dial does not find it still counted.
+	m.stats.pending.Add(-1)
+	m.stats.held.Add(-1)
+	result := m.fallback.offer(replayed)
+	if result == offerQueued {
 		return handedOver
-	case offerFull:
-		return rejectLimit
-	default:
-		return rejectNotSTUN
 	}
+	m.stats.pending.Add(1) // reject counts it out again
+	m.stats.held.Add(1)
+	if result == offerFull {
+		return rejectLimit
+	}
+	return rejectNotSTUN
 }
 
 // replayConn replays the bytes the mux read before handing a connection
-// over, then reads from the connection.
+// over, then reads from the connection. It has net.Conn's methods only;
+// Unwrap gives the original connection (e.g. a *net.TCPConn for
+// CloseWrite or SetKeepAlive) once the replayed bytes are consumed.
 type replayConn struct {
 	net.Conn
 	replay []byte
 }
+
+// Unwrap returns the connection the mux accepted.
+func (c *replayConn) Unwrap() net.Conn { return c.Conn }
 
 func (c *replayConn) Read(b []byte) (int, error) {
 	if len(c.replay) == 0 {

@@ -23,6 +23,7 @@ type packetQueue struct {
 	first    int
 	count    int
 	blocked  int // pushers waiting on writable
+	waiting  int // readers waiting on readable
 	closed   bool
 
 	// readable and writable carry one wake-up token each. A woken waiter
@@ -37,8 +38,10 @@ type queuedPacket struct {
 	from *streamConn
 }
 
-// minQueueBytes is the first allocation of a queue's byte buffer.
-const minQueueBytes = 4 << 10
+// minQueueBytes is the smallest byte buffer of a queue. Buffers grow by
+// doubling from the first packet's size, so a PacketConn that only ever saw
+// STUN checks stays a few hundred bytes.
+const minQueueBytes = 256
 
 func newPacketQueue(maxPackets, maxBytes int) *packetQueue {
 	return &packetQueue{
@@ -84,10 +87,10 @@ func (q *packetQueue) push(c *streamConn, p []byte, retry bool) (ok bool, err er
 	q.used += len(p)
 	// Readers only wait on an empty queue, and pass the token on while
 	// packets remain, so only the first packet needs to wake one.
-	wasEmpty := q.count == 1
+	wakeReader := q.count == 1 && q.waiting > 0
 	passBaton := q.blocked > 0 && q.count < len(q.entries)
 	q.mu.Unlock()
-	if wasEmpty {
+	if wakeReader {
 		wake(q.readable)
 	}
 	if passBaton {
@@ -127,15 +130,21 @@ func (q *packetQueue) reserve(n int) bool {
 	return true
 }
 
-// pop moves the oldest packet into b. ok is false if the queue is empty. A
-// packet larger than b is dropped and reported as io.ErrShortBuffer.
-func (q *packetQueue) pop(b []byte) (n int, from *streamConn, ok bool, err error) {
+// pop moves the oldest packet into b. ok is false if the queue is empty:
+// the caller then waits on q.readable and calls pop again with retry set,
+// or calls cancelRead if it gives up. A packet larger than b is dropped and
+// reported as io.ErrShortBuffer.
+func (q *packetQueue) pop(b []byte, retry bool) (n int, from *streamConn, ok bool, err error) {
 	q.mu.Lock()
+	if retry {
+		q.waiting--
+	}
 	if q.closed {
 		q.mu.Unlock()
 		return 0, nil, false, ErrConnClosed
 	}
 	if q.count == 0 {
+		q.waiting++
 		q.mu.Unlock()
 		return 0, nil, false, nil
 	}
@@ -157,7 +166,7 @@ func (q *packetQueue) pop(b []byte) (n int, from *streamConn, ok bool, err error
 	if q.count == 0 {
 		q.head = 0 // keeps the next payloads contiguous
 	}
-	more, pushers := q.count > 0, q.blocked > 0
+	more, pushers := q.count > 0 && q.waiting > 0, q.blocked > 0
 	q.mu.Unlock()
 	if more {
 		wake(q.readable)
@@ -166,6 +175,13 @@ func (q *packetQueue) pop(b []byte) (n int, from *streamConn, ok bool, err error
 		wake(q.writable)
 	}
 	return n, pkt.from, true, err
+}
+
+// cancelRead undoes the waiting count of a pop that will not be retried.
+func (q *packetQueue) cancelRead() {
+	q.mu.Lock()
+	q.waiting--
+	q.mu.Unlock()
 }
 
 // close drops every queued packet and refuses further pushes and pops.

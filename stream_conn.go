@@ -200,8 +200,8 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// maxIdleWriteBuffer is the capacity a flusher keeps between bursts; larger
-// buffers are released so idle connections stay small.
+// maxIdleWriteBuffer is the capacity a retiring flusher leaves behind;
+// larger buffers are released so idle connections stay small.
 const maxIdleWriteBuffer = 64 << 10
 
 // flusherLinger is how long a flusher waits for more frames before it
@@ -234,10 +234,7 @@ func (c *streamConn) flush() {
 		c.pending = c.spare[:0]
 		c.bmu.Unlock()
 		_, err := c.conn.Write(buf)
-		if cap(buf) > maxIdleWriteBuffer {
-			buf = nil
-		}
-		c.spare = buf[:0]
+		c.spare = buf[:0] // kept while the flusher lives: no regrowth per burst
 		if err != nil {
 			c.fail(err)
 		}
@@ -265,7 +262,7 @@ func (c *streamConn) waitForFrames(linger *time.Timer) bool {
 	if cap(c.pending) > maxIdleWriteBuffer {
 		c.pending = nil
 	}
-	c.spare = nil
+	c.spare = nil // an idle connection keeps at most one small buffer
 	return false
 }
 

@@ -258,14 +258,18 @@ func (h *tcpPacketConn) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) 
 }
 
 func (h *tcpPacketConn) read(b []byte) (int, *streamConn, error) {
-	for {
-		if h.closed.Load() {
-			return 0, nil, h.opError("read", nil, ErrConnClosed)
-		}
-		if h.readDeadline.exceeded() {
+	q := h.pc.queue
+	for retry := false; ; retry = true {
+		if h.closed.Load() || h.readDeadline.exceeded() {
+			if retry {
+				q.cancelRead()
+			}
+			if h.closed.Load() {
+				return 0, nil, h.opError("read", nil, ErrConnClosed)
+			}
 			return 0, nil, h.opError("read", nil, os.ErrDeadlineExceeded)
 		}
-		n, c, ok, err := h.pc.queue.pop(b)
+		n, c, ok, err := q.pop(b, retry)
 		if ok || err != nil {
 			if err != nil {
 				err = h.opError("read", c, err)
@@ -273,7 +277,7 @@ func (h *tcpPacketConn) read(b []byte) (int, *streamConn, error) {
 			return n, c, err
 		}
 		select {
-		case <-h.pc.queue.readable:
+		case <-q.readable:
 		case <-h.done:
 		case <-h.pc.done:
 		case <-h.readDeadline.wait():

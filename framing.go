@@ -70,6 +70,7 @@ type FrameReader struct {
 	buf        []byte
 	start, end int // unread bytes are buf[start:end]
 	lightReads int
+	reads      uint64 // Reads that returned data, for idleness checks
 }
 
 // NewFrameReader returns a FrameReader on r that rejects frames whose header
@@ -146,6 +147,9 @@ func (fr *FrameReader) fill(need int) error {
 	space := len(fr.buf) - fr.end
 	n, err := fr.r.Read(fr.buf[fr.end:])
 	fr.end += n
+	if n > 0 {
+		fr.reads++
+	}
 	fr.adapt(n, space, need)
 	if n > 0 {
 		return nil
@@ -205,6 +209,18 @@ func (fr *FrameReader) adapt(n, space, need int) {
 	default:
 		fr.lightReads = 0
 	}
+}
+
+// release drops the buffer of a reader with no unread bytes; the next
+// read allocates a small one again.
+func (fr *FrameReader) release() {
+	fr.buf, fr.start, fr.end, fr.lightReads = nil, 0, 0, 0
+}
+
+// seed gives an empty reader bytes read from the stream by someone else.
+func (fr *FrameReader) seed(p []byte) {
+	fr.makeRoom(len(p))
+	fr.end += copy(fr.buf[fr.end:], p)
 }
 
 func (fr *FrameReader) resize(size int) {

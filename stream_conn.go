@@ -3,6 +3,7 @@ package tcpmux
 import (
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -21,6 +22,7 @@ type streamConn struct {
 	local     netip.Addr  // unmapped
 	pc        *packetConn // set once, when the connection is attached
 	multipath bool
+	wakeBytes [8]byte // an idle connection's read buffer (see awaitData)
 
 	closed    atomic.Bool
 	done      chan struct{}
@@ -88,16 +90,56 @@ func (c *streamConn) fail(err error) {
 // readLoop delivers every frame of an attached connection to its
 // PacketConn until the stream ends or the PacketConn closes.
 func (c *streamConn) readLoop(fr *FrameReader) {
+	if fr.start == fr.end && !c.awaitData(fr) { // an admitted peer is often idle at first
+		return
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(idleBufferLinger))
+	lastReads := fr.reads
 	for {
 		p, err := fr.Next()
-		if err != nil {
+		if err == nil {
+			if !c.pc.deliver(c, p) {
+				return
+			}
+			continue
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			c.fail(err)
 			return
 		}
-		if !c.pc.deliver(c, p) {
+		// The idle deadline: a connection that read nothing for a whole
+		// period gives its buffer up until data comes.
+		if fr.reads == lastReads && fr.start == fr.end && !c.awaitData(fr) {
 			return
 		}
+		_ = c.conn.SetReadDeadline(time.Now().Add(idleBufferLinger))
+		lastReads = fr.reads
 	}
+}
+
+// idleBufferLinger is how long a connection that receives nothing keeps
+// its read buffer. Checking costs one deadline per period, nothing per
+// packet.
+const idleBufferLinger = 2 * time.Second
+
+// awaitData releases the read buffer of a caught-up reader and blocks in a
+// Read of a few bytes kept in the connection itself, so an idle connection
+// costs a parked goroutine and little else. The bytes read seed a new
+// buffer. It reports false, having removed the connection, if the stream
+// ended.
+func (c *streamConn) awaitData(fr *FrameReader) bool {
+	fr.release()
+	_ = c.conn.SetReadDeadline(time.Time{})
+	n, err := c.conn.Read(c.wakeBytes[:])
+	if n > 0 {
+		fr.seed(c.wakeBytes[:n])
+		return true
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	c.fail(err)
+	return false
 }
 
 // writeFrame sends p as one frame, synchronously or through the write

@@ -53,7 +53,7 @@ func frameTooLarge(n, limit int) error {
 // ones per Read, and shrinks back when traffic stays light.
 const (
 	minReadBuffer   = 2 << 10
-	batchReadBuffer = 16 << 10
+	batchReadBuffer = 64 << 10
 	maxReadBuffer   = FrameHeaderSize + MaxFramePayload + batchReadBuffer
 	// shrinkAfterReads is how many consecutive light reads (using under a
 	// quarter of the buffer) make the reader halve an oversized buffer.
@@ -62,7 +62,7 @@ const (
 
 // FrameReader reads RFC 4571 frames from a stream. It reads as many bytes as
 // the stream has ready, so a burst of small frames costs one Read, and never
-// holds more than one maximal frame plus a batch (about 80 KiB) however the
+// holds more than one maximal frame plus a batch (about 128 KiB) however the
 // peer behaves. It is not safe for concurrent use.
 type FrameReader struct {
 	r          io.Reader

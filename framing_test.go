@@ -539,7 +539,7 @@ func TestFrameReaderGrowsAndShrinks(t *testing.T) {
 	}
 	require.Equal(t, batchReadBuffer, len(fr.buf))
 	lightRead(shrinkAfterReads - 10)
-	heavy := 78 * len(small) // one Read of about 8 KB: over a quarter of the buffer
+	heavy := (batchReadBuffer/4/len(small) + 2) * len(small) // one Read of over a quarter of the buffer
 	r.chunks = append(r.chunks, burst[:heavy])
 	for range heavy / len(small) {
 		_, err = fr.Next()

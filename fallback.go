@@ -26,8 +26,14 @@ func (m *TCPMuxDefault) handOver(c *streamConn, fr *FrameReader) rejectReason {
 	_ = c.conn.SetReadDeadline(timeZero)
 	replayed := &replayConn{Conn: c.conn, replay: fr.Buffered()}
 	m.mu.Lock()
-	delete(m.pending, c.conn)
+	closing := m.closed.Load()
+	if !closing {
+		delete(m.pending, c.conn)
+	}
 	m.mu.Unlock()
+	if closing { // Close may already be closing it with the pending ones
+		return rejectOther
+	}
 	// The connection leaves the limits before the app can Accept it, so
 	// that the app's next dial does not find it still counted.
 	m.stats.pending.Add(-1)

@@ -178,10 +178,16 @@ func (q *packetQueue) pop(b []byte, retry bool) (n int, from *streamConn, ok boo
 }
 
 // cancelRead undoes the waiting count of a pop that will not be retried.
+// The reader may have taken the wake-up token on its way out, so it passes
+// the token on if packets wait for other readers.
 func (q *packetQueue) cancelRead() {
 	q.mu.Lock()
 	q.waiting--
+	passBaton := q.count > 0 && q.waiting > 0
 	q.mu.Unlock()
+	if passBaton {
+		wake(q.readable)
+	}
 }
 
 // close drops every queued packet and refuses further pushes and pops.

@@ -32,10 +32,11 @@ type streamConn struct {
 	// and payload so that each frame is one Write.
 	wsem chan struct{}
 	wbuf []byte
-	wdl  time.Time // the write deadline last set on conn
-	// wdlStale is set when a handle moved conn's write deadline under a
-	// blocked write, so the next write must set it again.
-	wdlStale atomic.Bool
+	// The socket's write deadline is the deadline of the handle writing
+	// now (owner), so that handles keep deadlines of their own.
+	dlmu  sync.Mutex
+	owner *tcpPacketConn
+	wdl   time.Time // the write deadline last set on conn
 
 	// Buffered writes (WriteBufferSize > 0): frames are appended to pending
 	// and a flusher goroutine, alive only while pending is not empty, writes
@@ -103,7 +104,7 @@ func (c *streamConn) readLoop(fr *FrameReader) {
 			}
 			continue
 		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
+		if !isTimeout(err) {
 			c.fail(err)
 			return
 		}
@@ -144,14 +145,15 @@ func (c *streamConn) awaitData(fr *FrameReader) bool {
 
 // writeFrame sends p as one frame, synchronously or through the write
 // buffer, honouring the caller's write deadline.
-func (c *streamConn) writeFrame(p []byte, dl *deadline) (int, error) {
+func (c *streamConn) writeFrame(p []byte, h *tcpPacketConn) (int, error) {
 	if c.mux.params.WriteBufferSize > 0 {
 		return c.writeBuffered(p)
 	}
-	return c.writeSync(p, dl)
+	return c.writeSync(p, h)
 }
 
-func (c *streamConn) writeSync(p []byte, dl *deadline) (int, error) {
+func (c *streamConn) writeSync(p []byte, h *tcpPacketConn) (int, error) {
+	dl := &h.writeDeadline
 	select {
 	case c.wsem <- struct{}{}:
 	default:
@@ -163,27 +165,56 @@ func (c *streamConn) writeSync(p []byte, dl *deadline) (int, error) {
 			return 0, os.ErrDeadlineExceeded
 		}
 	}
-	n, err := c.writeLocked(p, dl.time())
+	n, err := c.writeLocked(p, h)
 	<-c.wsem
 	return n, err
+}
+
+// own makes h the writer whose deadline the socket carries.
+func (c *streamConn) own(h *tcpPacketConn) (deadline time.Time, err error) {
+	c.dlmu.Lock()
+	defer c.dlmu.Unlock()
+	c.owner = h
+	deadline = h.writeDeadline.time()
+	if !deadline.Equal(c.wdl) {
+		err = c.conn.SetWriteDeadline(deadline)
+		c.wdl = deadline
+	}
+	return deadline, err
+}
+
+func (c *streamConn) disown() {
+	c.dlmu.Lock()
+	c.owner = nil
+	c.dlmu.Unlock()
+}
+
+// moveWriteDeadline applies h's new write deadline to the write h has in
+// progress on this connection, if any.
+func (c *streamConn) moveWriteDeadline(h *tcpPacketConn, t time.Time) {
+	c.dlmu.Lock()
+	defer c.dlmu.Unlock()
+	if c.owner == h {
+		_ = c.conn.SetWriteDeadline(t)
+		c.wdl = t
+	}
 }
 
 // writeLocked writes one frame while holding wsem. A timeout before any
 // byte left keeps the connection; anything else that fails mid-frame tears
 // the stream, so the connection is removed.
-func (c *streamConn) writeLocked(p []byte, deadline time.Time) (int, error) {
+func (c *streamConn) writeLocked(p []byte, h *tcpPacketConn) (int, error) {
 	if c.closed.Load() {
 		return 0, ErrConnClosed
 	}
+	deadline, err := c.own(h)
+	defer c.disown()
+	if err != nil {
+		c.fail(err)
+		return 0, err
+	}
 	if !deadline.IsZero() && !time.Now().Before(deadline) {
 		return 0, os.ErrDeadlineExceeded
-	}
-	if !deadline.Equal(c.wdl) || c.wdlStale.Swap(false) {
-		if err := c.conn.SetWriteDeadline(deadline); err != nil {
-			c.fail(err)
-			return 0, err
-		}
-		c.wdl = deadline
 	}
 	c.wbuf = binary.BigEndian.AppendUint16(c.wbuf[:0], uint16(len(p)))
 	c.wbuf = append(c.wbuf, p...)
@@ -191,8 +222,11 @@ func (c *streamConn) writeLocked(p []byte, deadline time.Time) (int, error) {
 	if err == nil {
 		return len(p), nil
 	}
-	timeout := errors.Is(err, os.ErrDeadlineExceeded)
-	if timeout && n == 0 {
+	timeout := isTimeout(err)
+	// A plain socket that timed out before taking a byte is intact; a
+	// wrapper such as TLS may have written part of a record while
+	// reporting nothing, so only a *net.TCPConn is trusted with that.
+	if _, plain := c.conn.(*net.TCPConn); timeout && n == 0 && plain {
 		return 0, os.ErrDeadlineExceeded
 	}
 	closedUnderUs := c.closed.Load()
@@ -206,11 +240,9 @@ func (c *streamConn) writeLocked(p []byte, deadline time.Time) (int, error) {
 	return 0, &net.OpError{Op: "write", Net: "tcp", Addr: c.remote, Err: err}
 }
 
-// moveWriteDeadline applies a handle's new write deadline to a write that
-// is blocked on this connection.
-func (c *streamConn) moveWriteDeadline(t time.Time) {
-	c.wdlStale.Store(true)
-	_ = c.conn.SetWriteDeadline(t)
+func isTimeout(err error) bool {
+	var netErr net.Error
+	return errors.As(err, &netErr) && netErr.Timeout()
 }
 
 func (c *streamConn) writeBuffered(p []byte) (int, error) {

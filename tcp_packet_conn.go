@@ -222,7 +222,6 @@ func (pc *packetConn) push(c *streamConn, p []byte) bool {
 // reference to a shared packetConn, with deadlines of its own.
 type tcpPacketConn struct {
 	pc            *packetConn
-	writing       atomic.Pointer[streamConn] // the connection a WriteTo blocks on
 	closed        atomic.Bool
 	done          chan struct{}
 	readDeadline  deadline
@@ -314,14 +313,21 @@ func (h *tcpPacketConn) WriteToAddrPort(b []byte, addr netip.AddrPort) (int, err
 		}
 		return 0, fmt.Errorf("%w: %v", ErrNoConnForAddr, addr)
 	}
-	h.writing.Store(c)
-	n, err := c.writeFrame(b, &h.writeDeadline)
-	h.writing.Store(nil)
+	n, err := c.writeFrame(b, h)
 	if err == nil {
 		h.pc.mux.stats.packetsSent.Add(1)
 		h.pc.mux.stats.bytesSent.Add(uint64(n))
 	}
 	return n, err
+}
+
+// moveWriteDeadline reaches a write of h blocked on any connection.
+func (pc *packetConn) moveWriteDeadline(h *tcpPacketConn, t time.Time) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	for _, c := range pc.conns {
+		c.moveWriteDeadline(h, t)
+	}
 }
 
 func (pc *packetConn) isDead() bool {
@@ -373,9 +379,7 @@ func (h *tcpPacketConn) SetReadDeadline(t time.Time) error {
 // SetWriteDeadline bounds WriteTo, including one blocked in a write.
 func (h *tcpPacketConn) SetWriteDeadline(t time.Time) error {
 	h.writeDeadline.set(t)
-	if c := h.writing.Load(); c != nil {
-		c.moveWriteDeadline(t)
-	}
+	h.pc.moveWriteDeadline(h, t)
 	return nil
 }
 

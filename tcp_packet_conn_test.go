@@ -1623,3 +1623,55 @@ func TestPacketConnRoundTripAllocs(t *testing.T) {
 		}
 	}
 }
+
+// A reader that takes the wake-up token and then gives up (deadline,
+// Close) passes it on: another parked reader must still get the packet.
+func TestQueueReaderGivingUpPassesWakeUp(t *testing.T) {
+	q := newPacketQueue(8, 1<<16)
+	buf := make([]byte, 16)
+	for range 2 { // readers A and B park
+		_, _, ok, err := q.pop(buf, false)
+		require.NoError(t, err)
+		require.False(t, ok)
+	}
+	ok, err := q.push(nil, []byte("x"), false)
+	require.NoError(t, err)
+	require.True(t, ok)
+	<-q.readable   // A is woken...
+	q.cancelRead() // ...and leaves on its deadline instead of popping
+	select {
+	case <-q.readable: // B is woken
+	case <-time.After(time.Second):
+		t.Fatal("the packet waits while reader B stays parked")
+	}
+	n, _, ok, err := q.pop(buf, true)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "x", string(buf[:n]))
+}
+
+// A write deadline set on one handle does not reach another handle's write
+// in progress on the same connection (deadlines belong to the handle).
+func TestWriteDeadlineStaysWithItsHandle(t *testing.T) {
+	m, h1, _, addr := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	h2, err := m.GetConnByUfrag("pair", false, net.IPv4(127, 0, 0, 1))
+	require.NoError(t, err)
+	defer h2.Close()
+	inCall, result := pcBlockedWriter(h1, addr) // no deadline; the peer never reads
+	pcWaitStuck(t, inCall)
+
+	require.NoError(t, h2.SetWriteDeadline(time.Now().Add(50*time.Millisecond)))
+	_, err = h2.WriteTo([]byte("waits for the connection"), addr)
+	pcRequireTimeout(t, err, "h2's own WriteTo times out")
+	require.NoError(t, h2.SetWriteDeadline(time.Now().Add(-time.Second)))
+	pcWaitStuck(t, inCall) // h1 is still in the same WriteTo
+	select {
+	case err := <-result:
+		t.Fatalf("h2's deadline ended h1's write: %v", err)
+	default:
+	}
+	require.Equal(t, 1, m.Stats().ConnsActive, "the connection was not torn down")
+
+	require.NoError(t, h1.SetWriteDeadline(time.Now()))
+	pcRequireTimeout(t, <-result, "h1's own deadline reaches its blocked write")
+}

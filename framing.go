@@ -121,7 +121,7 @@ func (fr *FrameReader) Next() ([]byte, error) {
 	}
 }
 
-// Peek returns at least n unread bytes (n <= 2048) without consuming them,
+// Peek returns at least n unread bytes (n <= MaxFramePayload) without consuming them,
 // reading as needed. It lets a caller judge a stream by its first bytes.
 func (fr *FrameReader) Peek(n int) ([]byte, error) {
 	for fr.end-fr.start < n {

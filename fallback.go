@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"time"
 )
 
 // stunSniffSize is how many bytes decide whether a connection speaks framed
@@ -23,7 +24,7 @@ func looksLikeBindingRequest(head []byte) bool {
 // fallback listener. The connection leaves the mux's limits and counters.
 func (m *TCPMuxDefault) handOver(c *streamConn, fr *FrameReader) rejectReason {
 	// As after a first frame: a broken conn fails its next Read anyway.
-	_ = c.conn.SetReadDeadline(timeZero)
+	_ = c.conn.SetReadDeadline(time.Time{})
 	replayed := &replayConn{Conn: c.conn, replay: fr.Buffered()}
 	m.mu.Lock()
 	closing := m.closed.Load()

@@ -347,8 +347,6 @@ func (m *TCPMuxDefault) serveConn(conn net.Conn, accepted time.Time) {
 	c.waitWriters()
 }
 
-var timeZero time.Time
-
 // handedOver is the verdict for a connection given to the fallback
 // listener: neither admitted nor rejected.
 const handedOver = rejectReason(255)

@@ -135,6 +135,14 @@ func (fr *FrameReader) Peek(n int) ([]byte, error) {
 	return fr.buf[fr.start:fr.end], nil
 }
 
+// hasFrame reports whether a whole frame is buffered, so that Next will
+// not read.
+func (fr *FrameReader) hasFrame() bool {
+	avail := fr.end - fr.start
+	return avail >= FrameHeaderSize &&
+		avail >= FrameHeaderSize+int(binary.BigEndian.Uint16(fr.buf[fr.start:]))
+}
+
 // Buffered returns the bytes read from the stream but not yet returned by
 // Next. They alias the reader's buffer.
 func (fr *FrameReader) Buffered() []byte {

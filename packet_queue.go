@@ -31,7 +31,18 @@ type packetQueue struct {
 	// number of waiters without a thundering herd.
 	readable chan struct{}
 	writable chan struct{}
+
+	lending // the direct read path (direct_read.go)
 }
+
+// popResult tells a reader what pop gave it.
+type popResult uint8
+
+const (
+	popEmpty  popResult = iota // nothing: wait on readable and retry
+	popPacket                  // a packet, or an error
+	popLease                   // the lent socket: read it, then returnLease
+)
 
 type queuedPacket struct {
 	size int
@@ -130,23 +141,29 @@ func (q *packetQueue) reserve(n int) bool {
 	return true
 }
 
-// pop moves the oldest packet into b. ok is false if the queue is empty:
-// the caller then waits on q.readable and calls pop again with retry set,
-// or calls cancelRead if it gives up. A packet larger than b is dropped and
-// reported as io.ErrShortBuffer.
-func (q *packetQueue) pop(b []byte, retry bool) (n int, from *streamConn, ok bool, err error) {
+// pop moves the oldest packet into b. If the queue is empty it lends h the
+// socket of the PacketConn's only connection when that is on offer, and
+// otherwise counts h as waiting: the caller then waits on q.readable and
+// calls pop again with retry set, or calls cancelRead if it gives up. A
+// packet larger than b is dropped and reported as io.ErrShortBuffer.
+func (q *packetQueue) pop(b []byte, retry bool, h *tcpPacketConn) (n int, from *streamConn, res popResult, err error) {
 	q.mu.Lock()
 	if retry {
 		q.waiting--
 	}
 	if q.closed {
 		q.mu.Unlock()
-		return 0, nil, false, ErrConnClosed
+		return 0, nil, popPacket, ErrConnClosed
 	}
 	if q.count == 0 {
+		if lent := q.takeLeaseLocked(h); lent != nil {
+			q.mu.Unlock()
+			return 0, lent, popLease, nil
+		}
 		q.waiting++
+		q.requestLeaseLocked()
 		q.mu.Unlock()
-		return 0, nil, false, nil
+		return 0, nil, popEmpty, nil
 	}
 	pkt := q.entries[q.first]
 	q.entries[q.first] = queuedPacket{}
@@ -174,7 +191,7 @@ func (q *packetQueue) pop(b []byte, retry bool) (n int, from *streamConn, ok boo
 	if pushers {
 		wake(q.writable)
 	}
-	return n, pkt.from, true, err
+	return n, pkt.from, popPacket, err
 }
 
 // cancelRead undoes the waiting count of a pop that will not be retried.
@@ -194,6 +211,12 @@ func (q *packetQueue) cancelRead() {
 func (q *packetQueue) close() {
 	q.mu.Lock()
 	q.closed = true
+	q.direct.Store(nil)
+	// Not dropLeaseLocked: a reader may still be in the socket. The lender
+	// leaves when its connection closes, which comes next and also ends
+	// the holder's read.
+	q.lease = nil
+	q.state.Store(leaseNone)
 	q.data, q.entries = nil, nil
 	q.count, q.used = 0, 0
 	q.mu.Unlock()

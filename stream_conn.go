@@ -24,6 +24,19 @@ type streamConn struct {
 	multipath bool
 	wakeBytes [8]byte // an idle connection's read buffer (see awaitData)
 
+	// Reading. fr belongs to the connection's goroutine, or to the reader
+	// holding the lease (see packetQueue.direct). idleAt and lastReads
+	// drive the idle check of whoever reads the socket; rdl is the read
+	// deadline set on it, guarded by rmu so that an interruption is never
+	// overwritten by a reader re-arming its deadline.
+	fr        *FrameReader
+	resume    chan struct{} // one token: the lease came back
+	idleAt    time.Time
+	lastReads uint64
+	rmu       sync.Mutex
+	rdl       time.Time
+	wantLend  bool // a reader waits for the socket (askToLend)
+
 	closed    atomic.Bool
 	done      chan struct{}
 	closeOnce sync.Once
@@ -51,7 +64,13 @@ type streamConn struct {
 }
 
 func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
-	c := &streamConn{mux: m, conn: conn, done: make(chan struct{}), wsem: make(chan struct{}, 1)}
+	c := &streamConn{
+		mux:    m,
+		conn:   conn,
+		done:   make(chan struct{}),
+		wsem:   make(chan struct{}, 1),
+		resume: make(chan struct{}, 1),
+	}
 	if m.params.WriteBufferSize > 0 {
 		c.wake = make(chan struct{}, 1)
 	}
@@ -89,14 +108,26 @@ func (c *streamConn) fail(err error) {
 }
 
 // readLoop delivers every frame of an attached connection to its
-// PacketConn until the stream ends or the PacketConn closes.
-func (c *streamConn) readLoop(fr *FrameReader) {
-	if fr.start == fr.end && !c.awaitData(fr) { // an admitted peer is often idle at first
+// PacketConn until the stream ends or the PacketConn closes. While the
+// PacketConn may read this connection directly, the loop lends the socket
+// to its readers instead and waits.
+func (c *streamConn) readLoop() {
+	fr := c.fr
+	if !c.activate() {
 		return
 	}
-	_ = c.conn.SetReadDeadline(time.Now().Add(idleBufferLinger))
-	lastReads := fr.reads
 	for {
+		if !fr.hasFrame() && c.pc.queue.direct.Load() == c {
+			switch c.lend() {
+			case lendClosed:
+				return
+			case lendReturned:
+				if !c.activate() {
+					return
+				}
+				continue
+			}
+		}
 		p, err := fr.Next()
 		if err == nil {
 			if !c.pc.deliver(c, p) {
@@ -108,14 +139,44 @@ func (c *streamConn) readLoop(fr *FrameReader) {
 			c.fail(err)
 			return
 		}
-		// The idle deadline: a connection that read nothing for a whole
-		// period gives its buffer up until data comes.
-		if fr.reads == lastReads && fr.start == fr.end && !c.awaitData(fr) {
+		if !c.pastIdleCheck() {
 			return
 		}
-		_ = c.conn.SetReadDeadline(time.Now().Add(idleBufferLinger))
-		lastReads = fr.reads
 	}
+}
+
+// activate gets the goroutine's reading going: an empty reader waits for
+// data without a buffer, then the idle check is armed. It reports false if
+// the stream ended.
+func (c *streamConn) activate() bool {
+	if c.fr.start == c.fr.end && !c.awaitData() {
+		return false
+	}
+	c.armIdleCheck(time.Now())
+	return true
+}
+
+// armIdleCheck schedules the next idle check one linger from now.
+func (c *streamConn) armIdleCheck(now time.Time) {
+	c.idleAt = now.Add(idleBufferLinger)
+	c.lastReads = c.fr.reads
+	c.setReadDeadline(c.idleAt)
+}
+
+// pastIdleCheck handles the goroutine's read deadline: a connection that
+// read nothing for a whole period gives its buffer up until data comes. It
+// reports false if the stream ended.
+func (c *streamConn) pastIdleCheck() bool {
+	now := time.Now()
+	switch {
+	case now.Before(c.idleAt): // an interruption: a reader asks for the socket
+		c.setReadDeadline(c.idleAt)
+		return true
+	case c.fr.reads == c.lastReads && c.fr.start == c.fr.end:
+		return c.activate()
+	}
+	c.armIdleCheck(now)
+	return true
 }
 
 // idleBufferLinger is how long a connection that receives nothing keeps
@@ -126,21 +187,51 @@ const idleBufferLinger = 2 * time.Second
 // awaitData releases the read buffer of a caught-up reader and blocks in a
 // Read of a few bytes kept in the connection itself, so an idle connection
 // costs a parked goroutine and little else. The bytes read seed a new
-// buffer. It reports false, having removed the connection, if the stream
-// ended.
-func (c *streamConn) awaitData(fr *FrameReader) bool {
-	fr.release()
-	_ = c.conn.SetReadDeadline(time.Time{})
+// buffer. A timeout is a reader asking for the socket (requestLeaseLocked)
+// and returns with no data. It reports false, having removed the
+// connection, if the stream ended.
+func (c *streamConn) awaitData() bool {
+	c.fr.release()
+	c.setReadDeadline(time.Time{})
+	err := c.readWakeBytes()
+	if err != nil && !isTimeout(err) {
+		c.fail(err)
+		return false
+	}
+	return true
+}
+
+// readWakeBytes waits for data in a Read of a few bytes, without a read
+// buffer, and seeds the empty FrameReader with them.
+func (c *streamConn) readWakeBytes() error {
 	n, err := c.conn.Read(c.wakeBytes[:])
 	if n > 0 {
-		fr.seed(c.wakeBytes[:n])
-		return true
+		c.fr.seed(c.wakeBytes[:n])
+		return nil
 	}
 	if err == nil {
 		err = io.ErrNoProgress
 	}
-	c.fail(err)
-	return false
+	return err
+}
+
+func (c *streamConn) setReadDeadline(t time.Time) {
+	c.rmu.Lock()
+	c.setReadDeadlineLocked(t)
+	c.rmu.Unlock()
+}
+
+func (c *streamConn) setReadDeadlineLocked(t time.Time) {
+	if !c.wantLend {
+		c.forceReadDeadlineLocked(t)
+	}
+}
+
+func (c *streamConn) forceReadDeadlineLocked(t time.Time) {
+	if !t.Equal(c.rdl) {
+		_ = c.conn.SetReadDeadline(t)
+		c.rdl = t
+	}
 }
 
 // writeFrame sends p as one frame, synchronously or through the write

@@ -2,6 +2,7 @@ package tcpmux
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -62,7 +63,23 @@ func (pc *packetConn) acquire() bool {
 		pc.expiry.Stop()
 		pc.expiry = nil
 	}
+	pc.updateDirectLocked()
 	return true
+}
+
+// updateDirectLocked lets the PacketConn's connection be read directly by
+// its readers while it is the only one and the PacketConn is claimed (an
+// unclaimed one must queue what arrives). Called with pc.mu held.
+func (pc *packetConn) updateDirectLocked() {
+	var sole *streamConn
+	if pc.refs > 0 && len(pc.conns) == 1 {
+		for _, c := range pc.conns {
+			sole = c
+		}
+	}
+	if pc.queue.direct.Load() != sole {
+		pc.queue.setDirect(sole)
+	}
 }
 
 // release drops a handle and closes the PacketConn with its last one.
@@ -151,6 +168,7 @@ func (pc *packetConn) addConn(c *streamConn) (dead, duplicate bool) {
 	}
 	pc.conns[c.remoteAP] = c
 	c.pc = pc
+	pc.updateDirectLocked()
 	return false, false
 }
 
@@ -162,6 +180,7 @@ func (pc *packetConn) removeConn(c *streamConn) {
 		return
 	}
 	delete(pc.conns, c.remoteAP)
+	pc.updateDirectLocked()
 	pc.mu.Unlock()
 	pc.mux.stats.connDetached(c)
 }
@@ -258,9 +277,10 @@ func (h *tcpPacketConn) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) 
 
 func (h *tcpPacketConn) read(b []byte) (int, *streamConn, error) {
 	q := h.pc.queue
-	for retry := false; ; retry = true {
+	waiting := false
+	for {
 		if h.closed.Load() || h.readDeadline.exceeded() {
-			if retry {
+			if waiting {
 				q.cancelRead()
 			}
 			if h.closed.Load() {
@@ -268,13 +288,28 @@ func (h *tcpPacketConn) read(b []byte) (int, *streamConn, error) {
 			}
 			return 0, nil, h.opError("read", nil, os.ErrDeadlineExceeded)
 		}
-		n, c, ok, err := q.pop(b, retry)
-		if ok || err != nil {
+		n, c, res, err := q.pop(b, waiting, h)
+		waiting = false
+		switch res {
+		case popLease:
+			n, err = c.readDirect(h, b)
+			q.returnLease(c)
+			switch err {
+			case nil:
+				return n, c, nil
+			case errLeaseEnded:
+				continue
+			case io.ErrShortBuffer:
+				return 0, c, h.opError("read", c, err)
+			}
+			return 0, nil, h.opError("read", nil, err)
+		case popPacket:
 			if err != nil {
 				err = h.opError("read", c, err)
 			}
 			return n, c, err
 		}
+		waiting = true
 		select {
 		case <-q.readable:
 		case <-h.done:
@@ -355,6 +390,7 @@ func (h *tcpPacketConn) Close() error {
 		return ErrConnClosed
 	}
 	close(h.done)
+	h.pc.queue.interrupt(h)
 	h.readDeadline.stop()
 	h.writeDeadline.stop()
 	h.pc.release()
@@ -366,13 +402,14 @@ func (h *tcpPacketConn) LocalAddr() net.Addr { return h.pc.localAddr }
 
 // SetDeadline sets both deadlines of this handle.
 func (h *tcpPacketConn) SetDeadline(t time.Time) error {
-	h.readDeadline.set(t)
+	_ = h.SetReadDeadline(t)
 	return h.SetWriteDeadline(t)
 }
 
 // SetReadDeadline bounds ReadFrom, including one already blocked.
 func (h *tcpPacketConn) SetReadDeadline(t time.Time) error {
 	h.readDeadline.set(t)
+	h.pc.queue.interrupt(h)
 	return nil
 }
 

@@ -1630,9 +1630,9 @@ func TestQueueReaderGivingUpPassesWakeUp(t *testing.T) {
 	q := newPacketQueue(8, 1<<16)
 	buf := make([]byte, 16)
 	for range 2 { // readers A and B park
-		_, _, ok, err := q.pop(buf, false)
+		_, _, res, err := q.pop(buf, false, nil)
 		require.NoError(t, err)
-		require.False(t, ok)
+		require.Equal(t, popEmpty, res)
 	}
 	ok, err := q.push(nil, []byte("x"), false)
 	require.NoError(t, err)
@@ -1644,9 +1644,9 @@ func TestQueueReaderGivingUpPassesWakeUp(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("the packet waits while reader B stays parked")
 	}
-	n, _, ok, err := q.pop(buf, true)
+	n, _, res, err := q.pop(buf, true, nil)
 	require.NoError(t, err)
-	require.True(t, ok)
+	require.Equal(t, popPacket, res)
 	require.Equal(t, "x", string(buf[:n]))
 }
 

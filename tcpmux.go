@@ -87,6 +87,7 @@ type TCPMuxDefault struct {
 	initErr  error
 	fallback *fallbackListener
 	stats    counters
+	sweeper  leaseSweeper
 
 	mu      sync.Mutex
 	closed  atomic.Bool // written under mu
@@ -340,8 +341,9 @@ func (m *TCPMuxDefault) serveConn(conn net.Conn, accepted time.Time) {
 		return
 	}
 	fr.SetMaxPayload(MaxFramePayload)
+	c.fr = fr
 	if c.pc.deliver(c, frame) {
-		c.readLoop(fr)
+		c.readLoop()
 	}
 	c.fail(io.EOF) // no-op unless the PacketConn closed under a blocked reader
 	c.waitWriters()

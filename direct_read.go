@@ -1,0 +1,390 @@
+package tcpmux
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The direct read path.
+//
+// Through the queue, every packet costs a hand-off between two goroutines:
+// the connection's, which reads the socket, and the application's, parked
+// in ReadFrom. When a claimed PacketConn has a single connection (the
+// common case: one ICE agent, one TCP candidate pair) and a reader waits,
+// the connection's goroutine instead parks and lends its socket, with its
+// FrameReader, to the PacketConn's readers: a ReadFrom that finds the
+// queue empty reads the next frame straight from the socket into its own
+// buffer, as a plain framed-TCP server would.
+//
+// The loan ends, and the connection's goroutine reads again, when a second
+// connection joins, when the connection leaves, or when no reader has used
+// the socket for a whole leaseSweepPeriod: an application that stops
+// reading must still see back-pressure fill the queue, packets counted in
+// Stats and the connection's end noticed, exactly as without the loan.
+
+// lending is the part of a packetQueue that runs the loan. Fields without
+// a comment are guarded by the queue's mu.
+type lending struct {
+	direct    atomic.Pointer[streamConn] // the connection allowed to lend, if any
+	lease     *streamConn                // the connection lending now
+	holder    *tcpPacketConn             // the handle reading its socket now
+	requested bool                       // a waiting reader asked direct to lend
+
+	// For the sweeper, which reads them without the lock.
+	state atomic.Uint32 // leaseNone, leaseFree or leaseHeld
+	takes atomic.Uint64 // readers that took the lease so far
+
+	// The sweeper's own, guarded by leaseSweeper.mu.
+	watched    bool
+	sweptFree  bool
+	sweptTakes uint64
+}
+
+const (
+	leaseNone = iota
+	leaseFree // on offer, no reader
+	leaseHeld // a reader is in the socket
+)
+
+// offer puts c's socket on loan if c may lend and a reader waits for it.
+// Otherwise it reports false and c's goroutine reads on.
+func (q *packetQueue) offer(c *streamConn) bool {
+	q.mu.Lock()
+	q.requested = false
+	c.lendAnswered()
+	if q.closed || q.direct.Load() != c || q.waiting == 0 {
+		q.mu.Unlock()
+		return false
+	}
+	if c.fr.start == c.fr.end {
+		c.fr.release() // a reader that finds data allocates one again
+	}
+	q.lease = c
+	q.state.Store(leaseFree)
+	q.mu.Unlock()
+	wake(q.readable)
+	return true
+}
+
+// takeLeaseLocked lends h the socket on offer, if any.
+func (q *packetQueue) takeLeaseLocked(h *tcpPacketConn) *streamConn {
+	if q.lease == nil || q.holder != nil {
+		return nil
+	}
+	q.holder = h
+	q.state.Store(leaseHeld)
+	q.takes.Add(1)
+	return q.lease
+}
+
+// requestLeaseLocked asks the connection that may lend, blocked in a Read
+// of its own, to offer its socket to the reader that is about to wait: the
+// interrupted Read returns to the loop that lends. Once per request, so a
+// reader waiting in vain costs one wake-up.
+func (q *packetQueue) requestLeaseLocked() {
+	if c := q.direct.Load(); c != nil && q.lease == nil && !q.requested {
+		q.requested = true
+		c.askToLend()
+	}
+}
+
+// returnLease ends a reader's loan of c's socket. The socket stays on offer
+// for the next reader unless c lost the right to lend meanwhile, in which
+// case c's goroutine resumes reading it.
+func (q *packetQueue) returnLease(c *streamConn) {
+	q.mu.Lock()
+	q.holder = nil
+	if q.lease != c {
+		q.mu.Unlock()
+		return
+	}
+	if q.closed || q.direct.Load() != c {
+		q.dropLeaseLocked()
+		q.mu.Unlock()
+		return
+	}
+	q.state.Store(leaseFree)
+	passOn := q.waiting > 0
+	q.mu.Unlock()
+	if passOn {
+		wake(q.readable)
+	}
+}
+
+// dropLeaseLocked ends the loan and wakes the lender. Only for a lease
+// that no reader holds.
+func (q *packetQueue) dropLeaseLocked() {
+	if lent := q.lease; lent != nil {
+		q.lease = nil
+		q.state.Store(leaseNone)
+		wake(lent.resume)
+	}
+}
+
+// setDirect names the connection allowed to lend its socket (nil: none)
+// and takes the lease back from one that lost the right: at once if no
+// reader holds it, else by interrupting the holder's read, after which the
+// holder returns it.
+func (q *packetQueue) setDirect(c *streamConn) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if old := q.direct.Load(); old != nil && q.requested {
+		old.lendAnswered() // it may read on
+	}
+	q.direct.Store(c)
+	q.requested = false
+	lent := q.lease
+	switch {
+	case lent == nil || lent == c:
+	case q.holder != nil:
+		lent.interruptRead()
+	default:
+		q.dropLeaseLocked()
+	}
+}
+
+// interrupt wakes h's read of a lent socket, if h is reading one, so that
+// it sees a new deadline or its handle closing.
+func (q *packetQueue) interrupt(h *tcpPacketConn) {
+	q.mu.Lock()
+	if q.holder == h && q.lease != nil {
+		q.lease.interruptRead()
+	}
+	q.mu.Unlock()
+}
+
+// lendResult is how a connection's offer to lend its socket ended.
+type lendResult uint8
+
+const (
+	lendRefused  lendResult = iota // not lent: read on
+	lendReturned                   // lent, and back
+	lendClosed                     // the connection closed while lent
+)
+
+// lend offers the socket to the PacketConn's readers and, if one waits,
+// parks until the lease comes back.
+func (c *streamConn) lend() lendResult {
+	q := c.pc.queue
+	if !q.offer(c) {
+		return lendRefused
+	}
+	c.mux.watchLease(q)
+	select {
+	case <-c.resume:
+		return lendReturned
+	case <-c.done:
+		return lendClosed
+	}
+}
+
+// errLeaseEnded tells a reader holding c's lease that c may no longer be
+// read directly.
+var errLeaseEnded = errors.New("tcpmux: direct read ended")
+
+// readDirect reads the next frame from c's socket for h, which holds the
+// lease, into b. It returns errLeaseEnded, having read nothing, if the
+// connection stopped being the PacketConn's only one or broke; h then
+// waits on the queue like any reader.
+func (c *streamConn) readDirect(h *tcpPacketConn, b []byte) (int, error) {
+	for {
+		if !c.fr.hasFrame() {
+			if err := c.armDirectRead(h); err != nil {
+				return 0, err
+			}
+		}
+		p, err := c.nextDirect()
+		if err == nil {
+			stats := &c.mux.stats
+			stats.packetsReceived.Add(1)
+			stats.bytesReceived.Add(uint64(len(p)))
+			if len(p) > len(b) {
+				return 0, io.ErrShortBuffer
+			}
+			return copy(b, p), nil
+		}
+		if !isTimeout(err) {
+			c.fail(err)
+			return 0, errLeaseEnded
+		}
+		c.directIdleCheck()
+	}
+}
+
+// armDirectRead checks, before a Read that may block, that h may still
+// read, and sets the socket's deadline to the earlier of h's read deadline
+// and the idle check. rmu orders it with interruptRead: an interruption
+// either comes after, or finds the state it reacts to already visible.
+func (c *streamConn) armDirectRead(h *tcpPacketConn) error {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if h.closed.Load() {
+		return ErrConnClosed
+	}
+	if c.pc.queue.direct.Load() != c {
+		return errLeaseEnded
+	}
+	var want time.Time
+	if c.fr.buf != nil {
+		want = c.idleAt
+	}
+	if hd := h.readDeadline.time(); !hd.IsZero() {
+		if !time.Now().Before(hd) {
+			return os.ErrDeadlineExceeded
+		}
+		if want.IsZero() || hd.Before(want) {
+			want = hd
+		}
+	}
+	c.setReadDeadlineLocked(want)
+	return nil
+}
+
+// nextDirect is fr.Next for a lease holder: without a buffer (the
+// connection was idle) it first waits in a Read of a few bytes.
+func (c *streamConn) nextDirect() ([]byte, error) {
+	if c.fr.buf == nil {
+		if err := c.readWakeBytes(); err != nil {
+			return nil, err
+		}
+		c.idleAt, c.lastReads = time.Now().Add(idleBufferLinger), c.fr.reads
+	}
+	return c.fr.Next()
+}
+
+// directIdleCheck is pastIdleCheck for a lease holder, whose read may also
+// have timed out for its own deadline or an interruption: those are
+// handled by armDirectRead.
+func (c *streamConn) directIdleCheck() {
+	fr := c.fr
+	now := time.Now()
+	if fr.buf == nil || now.Before(c.idleAt) {
+		return
+	}
+	if fr.reads == c.lastReads && fr.start == fr.end {
+		fr.release()
+		return
+	}
+	c.idleAt, c.lastReads = now.Add(idleBufferLinger), fr.reads
+}
+
+// interruptRead makes a Read blocked on the socket return a timeout now.
+func (c *streamConn) interruptRead() {
+	c.rmu.Lock()
+	c.forceReadDeadlineLocked(time.Unix(1, 0))
+	c.rmu.Unlock()
+}
+
+// askToLend interrupts the Read of c's own goroutine so that it offers its
+// socket. Until it answers (offer), its deadline stays passed, so a Read
+// it starts meanwhile also returns at once instead of swallowing the
+// request.
+func (c *streamConn) askToLend() {
+	c.rmu.Lock()
+	c.wantLend = true
+	c.forceReadDeadlineLocked(time.Unix(1, 0))
+	c.rmu.Unlock()
+}
+
+func (c *streamConn) lendAnswered() {
+	c.rmu.Lock()
+	c.wantLend = false
+	c.rmu.Unlock()
+}
+
+// leaseSweepPeriod is how long a lease may stay on offer with no reader
+// before its connection takes the socket back.
+const leaseSweepPeriod = 10 * time.Millisecond
+
+// leaseSweeper takes back leases that no reader used for a whole period.
+// One goroutine per mux, alive while any lease is out, checks every lease
+// with two atomic loads per period, so readers pay nothing for it.
+type leaseSweeper struct {
+	mu      sync.Mutex
+	queues  []*packetQueue
+	running bool
+}
+
+// watchLease puts q, whose connection has just lent its socket, under the
+// sweeper's watch, starting the sweeper if needed.
+func (m *TCPMuxDefault) watchLease(q *packetQueue) {
+	s := &m.sweeper
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if q.watched {
+		return
+	}
+	q.watched, q.sweptFree, q.sweptTakes = true, false, q.takes.Load()
+	s.queues = append(s.queues, q)
+	if !s.running && m.enterCallback() {
+		s.running = true
+		go m.sweepLeases()
+	}
+}
+
+func (m *TCPMuxDefault) sweepLeases() {
+	defer m.wg.Done()
+	tick := time.NewTicker(leaseSweepPeriod)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-tick.C:
+		}
+		if !m.sweep() {
+			return
+		}
+	}
+}
+
+// sweep checks every watched lease once. It reports false, having retired
+// the sweeper, when no lease is out any more.
+func (m *TCPMuxDefault) sweep() bool {
+	s := &m.sweeper
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := s.queues[:0]
+	for _, q := range s.queues {
+		if q.sweepLease() {
+			kept = append(kept, q)
+		} else {
+			q.watched = false
+		}
+	}
+	clear(s.queues[len(kept):])
+	s.queues = kept
+	if len(kept) == 0 {
+		s.running = false
+		return false
+	}
+	return true
+}
+
+// sweepLease takes the lease back if it was on offer, untouched, for a
+// whole period. It reports whether the lease is still out.
+func (q *packetQueue) sweepLease() bool {
+	takes := q.takes.Load()
+	switch q.state.Load() {
+	case leaseNone:
+		return false
+	case leaseHeld:
+		q.sweptFree, q.sweptTakes = false, takes
+		return true
+	}
+	if !q.sweptFree || takes != q.sweptTakes {
+		q.sweptFree, q.sweptTakes = true, takes
+		return true
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.holder != nil || q.takes.Load() != takes {
+		return true // taken since the loads: next period decides
+	}
+	q.dropLeaseLocked()
+	return false
+}

@@ -1,0 +1,245 @@
+package tcpmux
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Tests of the direct read path (direct_read.go): a PacketConn with one
+// connection lends that connection's socket to its readers. Each test puts
+// a reader in the lent socket first, then checks that a SPEC promise
+// still holds.
+
+func queueOf(pc net.PacketConn) *packetQueue { return pc.(*tcpPacketConn).pc.queue }
+
+// startReader runs ReadFrom on pc in a goroutine, with buffer size n.
+func startReader(pc net.PacketConn, n int) <-chan pcReadResult {
+	ch := make(chan pcReadResult, 1)
+	go func() {
+		buf := make([]byte, n)
+		got, addr, err := pc.ReadFrom(buf)
+		ch <- pcReadResult{n: got, addr: addr, err: err}
+	}()
+	return ch
+}
+
+// awaitReadResult waits for a ReadFrom started with startReader.
+func awaitReadResult(t *testing.T, ch <-chan pcReadResult, within time.Duration) pcReadResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(within):
+		t.Fatalf("ReadFrom still blocked after %v", within)
+		return pcReadResult{}
+	}
+}
+
+// readerInSocket starts a ReadFrom on pc and waits until it reads the
+// lent socket of pc's only connection.
+func readerInSocket(t *testing.T, pc net.PacketConn) <-chan pcReadResult {
+	t.Helper()
+	ch := startReader(pc, MaxFramePayload)
+	q := queueOf(pc)
+	eventually(t, func() bool { return q.state.Load() == leaseHeld }, "the reader holds the lease")
+	return ch
+}
+
+func TestDirectReadCarriesTheSession(t *testing.T) {
+	for _, fam := range pcFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			m, pc, client, from := pcPair(t, fam, TCPMuxParams{})
+			q := queueOf(pc)
+			const packets = 200
+			for i := range packets {
+				want := fmt.Sprintf("packet %d", i)
+				_, err := client.Write(frame([]byte(want)))
+				require.NoError(t, err)
+				got, addr := readPacket(t, pc)
+				require.Equal(t, want, string(got))
+				require.Equal(t, from.String(), addr.String())
+			}
+			require.NotZero(t, q.takes.Load(), "no ReadFrom used the lent socket")
+			s := m.Stats()
+			require.Equal(t, uint64(packets+1), s.PacketsReceived, "direct reads are counted")
+		})
+	}
+}
+
+// SPEC 3: several connections share a PacketConn. A reader waiting in the
+// first connection's socket must still get the packets of a second one.
+func TestDirectReaderGetsSecondConnection(t *testing.T) {
+	m, pc, first, firstAddr := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	pending := readerInSocket(t, pc)
+
+	second := dialUfrag(t, m, "pair") // its Binding request is its first packet
+	r := awaitReadResult(t, pending, time.Second)
+	require.NoError(t, r.err)
+	require.Equal(t, second.LocalAddr().String(), r.addr.String())
+
+	_, err := first.Write(frame([]byte("from the first")))
+	require.NoError(t, err)
+	_, err = second.Write(frame([]byte("from the second")))
+	require.NoError(t, err)
+	got := map[string]string{}
+	for range 2 {
+		p, addr := readPacket(t, pc)
+		got[addr.String()] = string(p)
+	}
+	require.Equal(t, map[string]string{
+		firstAddr.String():          "from the first",
+		second.LocalAddr().String(): "from the second",
+	}, got)
+}
+
+// An application that stops reading must not leave the connection
+// unread: its packets are still queued and counted, its end noticed, and
+// nothing is lost.
+func TestDirectReadReturnsSocketWhenReadersStop(t *testing.T) {
+	m, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	pending := readerInSocket(t, pc)
+	_, err := client.Write(frame([]byte("read from the socket")))
+	require.NoError(t, err)
+	r := awaitReadResult(t, pending, time.Second)
+	require.NoError(t, r.err)
+
+	const later = 5
+	for i := range later {
+		_, err := client.Write(frame([]byte{byte(i)}))
+		require.NoError(t, err)
+	}
+	require.NoError(t, client.Close())
+	eventually(t, func() bool {
+		s := m.Stats()
+		return s.PacketsReceived == 2+later && s.ConnsActive == 0
+	}, "packets counted and the connection's end noticed with nobody reading")
+	for i := range later {
+		p, _ := readPacket(t, pc)
+		require.Equal(t, []byte{byte(i)}, p)
+	}
+}
+
+// SPEC 4: SetReadDeadline reaches a ReadFrom blocked in the lent socket,
+// both to cut it short and to extend it.
+func TestDirectReadDeadlines(t *testing.T) {
+	_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
+
+	pending := readerInSocket(t, pc)
+	require.NoError(t, pc.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
+	r := awaitReadResult(t, pending, time.Second)
+	require.ErrorIs(t, r.err, os.ErrDeadlineExceeded)
+	var netErr net.Error
+	require.ErrorAs(t, r.err, &netErr)
+	require.True(t, netErr.Timeout())
+
+	require.NoError(t, pc.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
+	pending = readerInSocket(t, pc)
+	require.NoError(t, pc.SetReadDeadline(time.Now().Add(time.Hour)))
+	time.Sleep(50 * time.Millisecond) // past the first deadline: the reader must still wait
+	_, err := client.Write(frame([]byte("late")))
+	require.NoError(t, err)
+	r = awaitReadResult(t, pending, time.Second)
+	require.NoError(t, r.err)
+	require.Equal(t, 4, r.n)
+}
+
+// SPEC 5: closing a handle unblocks its ReadFrom in the lent socket; the
+// PacketConn's other handle then reads the connection.
+func TestDirectReadCloseHandle(t *testing.T) {
+	m, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	other, err := m.GetConnByUfrag("pair", false, pcFamilies[0].ip)
+	require.NoError(t, err)
+	defer other.Close()
+
+	pending := readerInSocket(t, pc)
+	require.NoError(t, pc.Close())
+	r := awaitReadResult(t, pending, time.Second)
+	require.ErrorIs(t, r.err, net.ErrClosed)
+
+	_, err = client.Write(frame([]byte("to the other handle")))
+	require.NoError(t, err)
+	p, _ := readPacket(t, other)
+	require.Equal(t, "to the other handle", string(p))
+}
+
+// SPEC 4: a short buffer drops the packet read from the lent socket; the
+// next one is intact.
+func TestDirectReadShortBuffer(t *testing.T) {
+	_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	q := queueOf(pc)
+	short := startReader(pc, 10)
+	eventually(t, func() bool { return q.state.Load() == leaseHeld }, "the reader holds the lease")
+	_, err := client.Write(append(frame(make([]byte, 100)), frame([]byte("next"))...))
+	require.NoError(t, err)
+	r := awaitReadResult(t, short, time.Second)
+	require.ErrorIs(t, r.err, io.ErrShortBuffer)
+	require.Zero(t, r.n)
+	p, _ := readPacket(t, pc)
+	require.Equal(t, "next", string(p))
+}
+
+// Several handles reading one single-connection PacketConn share its lent
+// socket: every packet reaches exactly one of them, in order per reader.
+func TestDirectReadSharedByHandles(t *testing.T) {
+	m, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	other, err := m.GetConnByUfrag("pair", false, pcFamilies[0].ip)
+	require.NoError(t, err)
+	defer other.Close()
+
+	const packets = 2000
+	var mu sync.Mutex
+	seen := make(map[int]int)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for _, h := range []net.PacketConn{pc, other} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64)
+			last := -1
+			for {
+				_ = h.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+				n, _, err := h.ReadFrom(buf)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					return
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				var i int
+				_, _ = fmt.Sscanf(string(buf[:n]), "%d", &i)
+				if i <= last {
+					errs <- fmt.Errorf("packet %d after %d", i, last)
+					return
+				}
+				last = i
+				mu.Lock()
+				seen[i]++
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range packets {
+		_, err := client.Write(frame(fmt.Appendf(nil, "%d", i)))
+		require.NoError(t, err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Len(t, seen, packets)
+	for i, n := range seen {
+		require.Equal(t, 1, n, "packet %d", i)
+	}
+	require.NotZero(t, queueOf(pc).takes.Load(), "no ReadFrom used the lent socket")
+}

@@ -32,7 +32,7 @@ type lending struct {
 	direct    atomic.Pointer[streamConn] // the connection allowed to lend, if any
 	lease     *streamConn                // the connection lending now
 	holder    *tcpPacketConn             // the handle reading its socket now
-	requested bool                       // a waiting reader asked direct to lend
+	requested bool                       // direct was asked to lend
 
 	// For the sweeper, which reads them without the lock.
 	state atomic.Uint32 // leaseNone, leaseFree or leaseHeld
@@ -54,14 +54,11 @@ const (
 // Otherwise it reports false and c's goroutine reads on.
 func (q *packetQueue) offer(c *streamConn) bool {
 	q.mu.Lock()
-	q.requested = false
+	q.requested, c.idleLender = false, false
 	c.lendAnswered()
 	if q.closed || q.direct.Load() != c || q.waiting == 0 {
 		q.mu.Unlock()
 		return false
-	}
-	if c.fr.start == c.fr.end {
-		c.fr.release() // a reader that finds data allocates one again
 	}
 	q.lease = c
 	q.state.Store(leaseFree)
@@ -86,7 +83,7 @@ func (q *packetQueue) takeLeaseLocked(h *tcpPacketConn) *streamConn {
 // interrupted Read returns to the loop that lends. Once per request, so a
 // reader waiting in vain costs one wake-up.
 func (q *packetQueue) requestLeaseLocked() {
-	if c := q.direct.Load(); c != nil && q.lease == nil && !q.requested {
+	if c := q.direct.Load(); c != nil && q.lease == nil && !q.requested && !c.idleLender {
 		q.requested = true
 		c.askToLend()
 	}
@@ -113,6 +110,34 @@ func (q *packetQueue) returnLease(c *streamConn) {
 	if passOn {
 		wake(q.readable)
 	}
+}
+
+// returnIdleLease gives c's socket back to c's goroutine because the
+// connection went idle: it waits for data in a read of a few bytes, with
+// no buffer, and lends again when data comes. Until then readers wait on
+// the queue without asking for the socket, so an idle session costs what
+// it would without the loan.
+func (q *packetQueue) returnIdleLease(c *streamConn) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.holder = nil
+	if q.lease != c {
+		return
+	}
+	c.idleLender = true
+	q.dropLeaseLocked()
+}
+
+// lenderIdle tells readers not to ask c for its socket while c waits for
+// data without a buffer (see returnIdleLease). An empty queue gives its
+// buffer up too: the session is idle.
+func (q *packetQueue) lenderIdle(c *streamConn) {
+	q.mu.Lock()
+	c.idleLender = true
+	if q.direct.Load() == c && q.count == 0 {
+		q.data, q.head = nil, 0
+	}
+	q.mu.Unlock()
 }
 
 // dropLeaseLocked ends the loan and wakes the lender. Only for a lease
@@ -183,21 +208,27 @@ func (c *streamConn) lend() lendResult {
 }
 
 // errLeaseEnded tells a reader holding c's lease that c may no longer be
-// read directly.
-var errLeaseEnded = errors.New("tcpmux: direct read ended")
+// read directly; errLeaseIdle that c went idle (see returnIdleLease).
+var (
+	errLeaseEnded = errors.New("tcpmux: direct read ended")
+	errLeaseIdle  = errors.New("tcpmux: direct read idle")
+)
 
 // readDirect reads the next frame from c's socket for h, which holds the
-// lease, into b. It returns errLeaseEnded, having read nothing, if the
-// connection stopped being the PacketConn's only one or broke; h then
-// waits on the queue like any reader.
+// lease, into b. It returns errLeaseEnded or errLeaseIdle, having read
+// nothing, if the connection stopped being the PacketConn's only one,
+// broke, or went idle; h then waits on the queue like any reader.
 func (c *streamConn) readDirect(h *tcpPacketConn, b []byte) (int, error) {
 	for {
 		if !c.fr.hasFrame() {
+			if c.fr.buf == nil {
+				return 0, errLeaseIdle
+			}
 			if err := c.armDirectRead(h); err != nil {
 				return 0, err
 			}
 		}
-		p, err := c.nextDirect()
+		p, err := c.fr.Next()
 		if err == nil {
 			stats := &c.mux.stats
 			stats.packetsReceived.Add(1)
@@ -228,32 +259,15 @@ func (c *streamConn) armDirectRead(h *tcpPacketConn) error {
 	if c.pc.queue.direct.Load() != c {
 		return errLeaseEnded
 	}
-	var want time.Time
-	if c.fr.buf != nil {
-		want = c.idleAt
-	}
+	want := c.idleAt
 	if hd := h.readDeadline.time(); !hd.IsZero() {
 		if !time.Now().Before(hd) {
 			return os.ErrDeadlineExceeded
 		}
-		if want.IsZero() || hd.Before(want) {
-			want = hd
-		}
+		want = earliest(want, hd)
 	}
 	c.setReadDeadlineLocked(want)
 	return nil
-}
-
-// nextDirect is fr.Next for a lease holder: without a buffer (the
-// connection was idle) it first waits in a Read of a few bytes.
-func (c *streamConn) nextDirect() ([]byte, error) {
-	if c.fr.buf == nil {
-		if err := c.readWakeBytes(); err != nil {
-			return nil, err
-		}
-		c.idleAt, c.lastReads = time.Now().Add(idleBufferLinger), c.fr.reads
-	}
-	return c.fr.Next()
 }
 
 // directIdleCheck is pastIdleCheck for a lease holder, whose read may also
@@ -262,7 +276,7 @@ func (c *streamConn) nextDirect() ([]byte, error) {
 func (c *streamConn) directIdleCheck() {
 	fr := c.fr
 	now := time.Now()
-	if fr.buf == nil || now.Before(c.idleAt) {
+	if now.Before(c.idleAt) {
 		return
 	}
 	if fr.reads == c.lastReads && fr.start == fr.end {
@@ -270,6 +284,13 @@ func (c *streamConn) directIdleCheck() {
 		return
 	}
 	c.idleAt, c.lastReads = now.Add(idleBufferLinger), fr.reads
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // interruptRead makes a Read blocked on the socket return a timeout now.

@@ -44,10 +44,21 @@ func awaitReadResult(t *testing.T, ch <-chan pcReadResult, within time.Duration)
 }
 
 // readerInSocket starts a ReadFrom on pc and waits until it reads the
-// lent socket of pc's only connection.
-func readerInSocket(t *testing.T, pc net.PacketConn) <-chan pcReadResult {
+// lent socket of pc's only connection, client's. An idle connection does
+// not lend, so a packet first makes it active.
+func readerInSocket(t *testing.T, pc net.PacketConn, client net.Conn) <-chan pcReadResult {
+	return readerInSocketWith(t, pc, client, MaxFramePayload)
+}
+
+// readerInSocketWith is readerInSocket with a ReadFrom buffer of n bytes.
+func readerInSocketWith(t *testing.T, pc net.PacketConn, client net.Conn, n int) <-chan pcReadResult {
 	t.Helper()
-	ch := startReader(pc, MaxFramePayload)
+	_, err := client.Write(frame([]byte("warm-up")))
+	require.NoError(t, err)
+	p, _ := readPacket(t, pc)
+	require.Equal(t, "warm-up", string(p))
+	require.NoError(t, pc.SetReadDeadline(time.Time{}))
+	ch := startReader(pc, n)
 	q := queueOf(pc)
 	eventually(t, func() bool { return q.state.Load() == leaseHeld }, "the reader holds the lease")
 	return ch
@@ -78,7 +89,7 @@ func TestDirectReadCarriesTheSession(t *testing.T) {
 // first connection's socket must still get the packets of a second one.
 func TestDirectReaderGetsSecondConnection(t *testing.T) {
 	m, pc, first, firstAddr := pcPair(t, pcFamilies[0], TCPMuxParams{})
-	pending := readerInSocket(t, pc)
+	pending := readerInSocket(t, pc, first)
 
 	second := dialUfrag(t, m, "pair") // its Binding request is its first packet
 	r := awaitReadResult(t, pending, time.Second)
@@ -105,7 +116,7 @@ func TestDirectReaderGetsSecondConnection(t *testing.T) {
 // nothing is lost.
 func TestDirectReadReturnsSocketWhenReadersStop(t *testing.T) {
 	m, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
-	pending := readerInSocket(t, pc)
+	pending := readerInSocket(t, pc, client)
 	_, err := client.Write(frame([]byte("read from the socket")))
 	require.NoError(t, err)
 	r := awaitReadResult(t, pending, time.Second)
@@ -119,7 +130,7 @@ func TestDirectReadReturnsSocketWhenReadersStop(t *testing.T) {
 	require.NoError(t, client.Close())
 	eventually(t, func() bool {
 		s := m.Stats()
-		return s.PacketsReceived == 2+later && s.ConnsActive == 0
+		return s.PacketsReceived == 3+later && s.ConnsActive == 0
 	}, "packets counted and the connection's end noticed with nobody reading")
 	for i := range later {
 		p, _ := readPacket(t, pc)
@@ -132,7 +143,7 @@ func TestDirectReadReturnsSocketWhenReadersStop(t *testing.T) {
 func TestDirectReadDeadlines(t *testing.T) {
 	_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
 
-	pending := readerInSocket(t, pc)
+	pending := readerInSocket(t, pc, client)
 	require.NoError(t, pc.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
 	r := awaitReadResult(t, pending, time.Second)
 	require.ErrorIs(t, r.err, os.ErrDeadlineExceeded)
@@ -141,7 +152,7 @@ func TestDirectReadDeadlines(t *testing.T) {
 	require.True(t, netErr.Timeout())
 
 	require.NoError(t, pc.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
-	pending = readerInSocket(t, pc)
+	pending = readerInSocket(t, pc, client)
 	require.NoError(t, pc.SetReadDeadline(time.Now().Add(time.Hour)))
 	time.Sleep(50 * time.Millisecond) // past the first deadline: the reader must still wait
 	_, err := client.Write(frame([]byte("late")))
@@ -159,7 +170,7 @@ func TestDirectReadCloseHandle(t *testing.T) {
 	require.NoError(t, err)
 	defer other.Close()
 
-	pending := readerInSocket(t, pc)
+	pending := readerInSocket(t, pc, client)
 	require.NoError(t, pc.Close())
 	r := awaitReadResult(t, pending, time.Second)
 	require.ErrorIs(t, r.err, net.ErrClosed)
@@ -174,9 +185,7 @@ func TestDirectReadCloseHandle(t *testing.T) {
 // next one is intact.
 func TestDirectReadShortBuffer(t *testing.T) {
 	_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
-	q := queueOf(pc)
-	short := startReader(pc, 10)
-	eventually(t, func() bool { return q.state.Load() == leaseHeld }, "the reader holds the lease")
+	short := readerInSocketWith(t, pc, client, 10)
 	_, err := client.Write(append(frame(make([]byte, 100)), frame([]byte("next"))...))
 	require.NoError(t, err)
 	r := awaitReadResult(t, short, time.Second)
@@ -242,4 +251,32 @@ func TestDirectReadSharedByHandles(t *testing.T) {
 		require.Equal(t, 1, n, "packet %d", i)
 	}
 	require.NotZero(t, queueOf(pc).takes.Load(), "no ReadFrom used the lent socket")
+}
+
+// An idle connection gives its socket back after idleBufferLinger: its
+// reader waits on the queue, not in the socket, and no buffer is held.
+// Traffic brings the loan back.
+func TestDirectReadIdleConnectionGivesSocketBack(t *testing.T) {
+	_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	q := queueOf(pc)
+	pending := readerInSocket(t, pc, client)
+	takes := q.takes.Load()
+	require.Eventually(t, func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.lease == nil && q.direct.Load().idleLender && q.waiting == 1
+	}, 3*idleBufferLinger, 10*time.Millisecond, "the idle reader waits on the queue")
+
+	_, err := client.Write(frame([]byte("after a pause")))
+	require.NoError(t, err)
+	r := awaitReadResult(t, pending, time.Second)
+	require.NoError(t, r.err)
+	require.Equal(t, len("after a pause"), r.n)
+	pending = startReader(pc, MaxFramePayload)
+	eventually(t, func() bool { return q.state.Load() == leaseHeld && q.takes.Load() > takes }, "the loan is back")
+	_, err = client.Write(frame([]byte("direct again")))
+	require.NoError(t, err)
+	r = awaitReadResult(t, pending, time.Second)
+	require.NoError(t, r.err)
+	require.Equal(t, len("direct again"), r.n)
 }

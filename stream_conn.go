@@ -36,6 +36,9 @@ type streamConn struct {
 	rmu       sync.Mutex
 	rdl       time.Time
 	wantLend  bool // a reader waits for the socket (askToLend)
+	// idleLender: the goroutine waits for data without a buffer, so
+	// readers must not ask for the socket. Guarded by pc.queue.mu.
+	idleLender bool
 
 	closed    atomic.Bool
 	done      chan struct{}
@@ -192,6 +195,9 @@ const idleBufferLinger = 2 * time.Second
 // connection, if the stream ended.
 func (c *streamConn) awaitData() bool {
 	c.fr.release()
+	if c.pc != nil {
+		c.pc.queue.lenderIdle(c)
+	}
 	c.setReadDeadline(time.Time{})
 	err := c.readWakeBytes()
 	if err != nil && !isTimeout(err) {

@@ -249,10 +249,8 @@ type tcpPacketConn struct {
 
 func newTCPPacketConn(pc *packetConn) *tcpPacketConn {
 	return &tcpPacketConn{
-		pc:            pc,
-		done:          make(chan struct{}),
-		readDeadline:  makeDeadline(),
-		writeDeadline: makeDeadline(),
+		pc:   pc,
+		done: make(chan struct{}),
 	}
 }
 
@@ -293,6 +291,10 @@ func (h *tcpPacketConn) read(b []byte) (int, *streamConn, error) {
 		switch res {
 		case popLease:
 			n, err = c.readDirect(h, b)
+			if err == errLeaseIdle {
+				q.returnIdleLease(c)
+				continue
+			}
 			q.returnLease(c)
 			switch err {
 			case nil:
@@ -422,16 +424,15 @@ func (h *tcpPacketConn) SetWriteDeadline(t time.Time) error {
 
 // deadline is a net.Conn-style deadline: a channel closed when the time
 // passes, re-armed by set. Waiters take the channel once per wait, so
-// moving the deadline while they wait takes effect at once.
+// moving the deadline while they wait takes effect at once. The channel
+// is made on the first wait, so a handle nobody waits on costs none.
 type deadline struct {
 	mu      sync.Mutex
 	at      time.Time
 	timer   *time.Timer
-	ch      chan struct{}
-	expired atomic.Bool // ch is closed
+	ch      chan struct{} // nil until a wait; closed once expired
+	expired atomic.Bool
 }
-
-func makeDeadline() deadline { return deadline{ch: make(chan struct{})} }
 
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
@@ -441,7 +442,7 @@ func (d *deadline) set(t time.Time) {
 		d.timer.Stop()
 	}
 	if d.expired.Load() {
-		d.ch = make(chan struct{})
+		d.ch = nil // closed: the next wait makes a fresh one
 		d.expired.Store(false)
 	}
 	if t.IsZero() {
@@ -450,12 +451,14 @@ func (d *deadline) set(t time.Time) {
 	d.armLocked()
 }
 
-// armLocked closes ch if the deadline has passed, or starts the timer.
+// armLocked expires the deadline if it has passed, or starts the timer.
 func (d *deadline) armLocked() {
 	wait := time.Until(d.at)
 	if wait <= 0 {
-		close(d.ch)
 		d.expired.Store(true)
+		if d.ch != nil {
+			close(d.ch)
+		}
 		return
 	}
 	if d.timer == nil {
@@ -477,6 +480,12 @@ func (d *deadline) fire() {
 func (d *deadline) wait() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.ch == nil {
+		d.ch = make(chan struct{})
+		if d.expired.Load() {
+			close(d.ch)
+		}
+	}
 	return d.ch
 }
 

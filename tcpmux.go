@@ -342,6 +342,11 @@ func (m *TCPMuxDefault) serveConn(conn net.Conn, accepted time.Time) {
 	}
 	fr.SetMaxPayload(MaxFramePayload)
 	c.fr = fr
+	if fr.start == fr.end {
+		// Most peers wait for the answer to their first request: the
+		// connection starts idle, before its reader can ask to read it.
+		c.pc.queue.lenderIdle(c)
+	}
 	if c.pc.deliver(c, frame) {
 		c.readLoop()
 	}

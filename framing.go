@@ -57,7 +57,11 @@ const (
 	maxReadBuffer   = FrameHeaderSize + MaxFramePayload + batchReadBuffer
 	// shrinkAfterReads is how many consecutive light reads (using under a
 	// quarter of the buffer) make the reader halve an oversized buffer.
-	shrinkAfterReads = 256
+	// Each time a shrink is undone by growth, the reader waits twice as
+	// long before the next one, up to maxShrinkAfterReads, so bursty
+	// traffic settles on a size instead of reallocating forever.
+	shrinkAfterReads    = 256
+	maxShrinkAfterReads = 1 << 16
 )
 
 // FrameReader reads RFC 4571 frames from a stream. It reads as many bytes as
@@ -70,6 +74,8 @@ type FrameReader struct {
 	buf        []byte
 	start, end int // unread bytes are buf[start:end]
 	lightReads int
+	shrinkWait int    // light reads before a shrink; 0: shrinkAfterReads
+	shrunk     bool   // the last resize was a shrink
 	reads      uint64 // Reads that returned data, for idleness checks
 }
 
@@ -187,9 +193,7 @@ func (fr *FrameReader) makeRoom(need int) {
 		size = maxReadBuffer
 	}
 	if size != len(fr.buf) {
-		buf := make([]byte, size)
-		fr.end = copy(buf, fr.buf[fr.start:fr.end])
-		fr.buf, fr.start = buf, 0
+		fr.resize(size)
 		return
 	}
 	fr.end = copy(fr.buf, fr.buf[fr.start:fr.end])
@@ -210,7 +214,7 @@ func (fr *FrameReader) adapt(n, space, need int) {
 		fr.lightReads = 0
 	case max(n, need) < len(fr.buf)/4 && len(fr.buf) > minReadBuffer:
 		fr.lightReads++
-		if fr.lightReads >= shrinkAfterReads && fr.end-fr.start <= len(fr.buf)/2 {
+		if fr.lightReads >= max(fr.shrinkWait, shrinkAfterReads) && fr.end-fr.start <= len(fr.buf)/2 {
 			fr.resize(max(len(fr.buf)/2, minReadBuffer))
 			fr.lightReads = 0
 		}
@@ -223,6 +227,7 @@ func (fr *FrameReader) adapt(n, space, need int) {
 // read allocates a small one again.
 func (fr *FrameReader) release() {
 	fr.buf, fr.start, fr.end, fr.lightReads = nil, 0, 0, 0
+	fr.shrinkWait, fr.shrunk = 0, false
 }
 
 // seed gives an empty reader bytes read from the stream by someone else.
@@ -232,6 +237,10 @@ func (fr *FrameReader) seed(p []byte) {
 }
 
 func (fr *FrameReader) resize(size int) {
+	if size > len(fr.buf) && fr.shrunk {
+		fr.shrinkWait = min(2*max(fr.shrinkWait, shrinkAfterReads), maxShrinkAfterReads)
+	}
+	fr.shrunk = size < len(fr.buf)
 	buf := make([]byte, size)
 	fr.end = copy(buf, fr.buf[fr.start:fr.end])
 	fr.buf, fr.start = buf, 0

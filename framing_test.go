@@ -549,6 +549,41 @@ func TestFrameReaderGrowsAndShrinks(t *testing.T) {
 	require.Equal(t, batchReadBuffer, len(fr.buf), "a heavy read restarts the count")
 }
 
+// Traffic that alternates bursts with light stretches must not make the
+// reader shrink and regrow for ever: each undone shrink doubles the wait
+// before the next one.
+func TestFrameReaderDampsResizeChurn(t *testing.T) {
+	small := frameStream(t, pattern(100, 3))
+	var burst []byte
+	for range 1000 {
+		burst = append(burst, small...)
+	}
+	r := &chunkReader{}
+	fr := NewFrameReader(r, 0)
+	resizes, last := 0, 0
+	next := func() {
+		t.Helper()
+		_, err := fr.Next()
+		require.NoError(t, err)
+		if len(fr.buf) != last {
+			resizes, last = resizes+1, len(fr.buf)
+		}
+	}
+	const cycles = 40
+	for range cycles {
+		r.chunks = append(r.chunks, burst)
+		for range 1000 {
+			next()
+		}
+		for range 2 * shrinkAfterReads { // light: one small frame per Read
+			r.chunks = append(r.chunks, small)
+			next()
+		}
+	}
+	t.Logf("%d resizes in %d cycles", resizes, cycles)
+	require.Less(t, resizes, 20, "without damping every cycle shrinks and regrows")
+}
+
 func TestFrameReaderShrinksAfterLargeFrame(t *testing.T) {
 	small := frameStream(t, pattern(10, 1))
 	r := &chunkReader{chunks: [][]byte{frameStream(t, pattern(MaxFramePayload, 2))}}

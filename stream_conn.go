@@ -353,6 +353,9 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 		c.mux.stats.writeDrops.Add(1)
 		return 0, ErrWriteBufferFull
 	}
+	if need := len(c.pending) + FrameHeaderSize + len(p); need > cap(c.pending) {
+		c.pending = growWriteBuffer(c.pending, need, c.mux.params.WriteBufferSize)
+	}
 	c.pending = binary.BigEndian.AppendUint16(c.pending, uint16(len(p)))
 	c.pending = append(c.pending, p...)
 	start := !c.flushing
@@ -371,9 +374,18 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// maxIdleWriteBuffer is the capacity a retiring flusher leaves behind;
-// larger buffers are released so idle connections stay small.
-const maxIdleWriteBuffer = 64 << 10
+// minWriteBuffer is the first capacity of a write buffer.
+const minWriteBuffer = 2 << 10
+
+// growWriteBuffer returns b with room for need bytes, doubling (append
+// grows large slices by a quarter, which under load means dozens of
+// reallocations on the way to a large WriteBufferSize), never past limit.
+func growWriteBuffer(b []byte, need, limit int) []byte {
+	size := min(max(2*cap(b), need, minWriteBuffer), max(limit, need))
+	grown := make([]byte, len(b), size)
+	copy(grown, b)
+	return grown
+}
 
 // flusherLinger is how long a flusher waits for more frames before it
 // exits. Starting a goroutine allocates, so a connection with steady
@@ -430,10 +442,7 @@ func (c *streamConn) waitForFrames(linger *time.Timer) bool {
 		return true
 	}
 	c.flushing, c.idle = false, false
-	if cap(c.pending) > maxIdleWriteBuffer {
-		c.pending = nil
-	}
-	c.spare = nil // an idle connection keeps at most one small buffer
+	c.pending, c.spare = nil, nil // an idle connection keeps no write buffer
 	return false
 }
 

@@ -1675,3 +1675,24 @@ func TestWriteDeadlineStaysWithItsHandle(t *testing.T) {
 	require.NoError(t, h1.SetWriteDeadline(time.Now()))
 	pcRequireTimeout(t, <-result, "h1's own deadline reaches its blocked write")
 }
+
+// Buffered writes grow their buffer by doubling up to WriteBufferSize, so
+// a connection reaches a large buffer in a few allocations, and never past
+// the limit.
+func TestWriteBufferGrowsByDoubling(t *testing.T) {
+	const limit = 1 << 20
+	frameLen := FrameHeaderSize + 1200
+	var b []byte
+	grows := 0
+	for len(b)+frameLen <= limit {
+		if need := len(b) + frameLen; need > cap(b) {
+			b = growWriteBuffer(b, need, limit)
+			grows++
+		}
+		b = append(b, make([]byte, frameLen)...)
+		require.LessOrEqual(t, cap(b), limit)
+	}
+	require.LessOrEqual(t, grows, 10, "2 KiB to 1 MiB by doubling")
+	require.Equal(t, limit, cap(b))
+	require.Equal(t, 70000, cap(growWriteBuffer(nil, 70000, 1000)), "a frame over the limit still fits")
+}

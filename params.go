@@ -45,7 +45,9 @@ type TCPMuxParams struct {
 	// ReadBufferSize is the number of received packets queued per
 	// PacketConn. When the queue is full, the TCP connections of that
 	// PacketConn stop being read (TCP back-pressure): packets are never
-	// dropped. 0: DefaultReadBufferSize.
+	// dropped. A PacketConn with a single connection and a waiting
+	// ReadFrom skips the queue: ReadFrom reads the socket itself (see the
+	// README, "Reads"). 0: DefaultReadBufferSize.
 	ReadBufferSize int
 
 	// WriteBufferSize is the number of bytes, frame headers included, queued

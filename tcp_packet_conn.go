@@ -255,6 +255,8 @@ func newTCPPacketConn(pc *packetConn) *tcpPacketConn {
 }
 
 // ReadFrom reads the next packet from any connection of the PacketConn.
+// When the PacketConn has a single connection and nothing is queued, it
+// reads the frame from that connection's socket itself (direct_read.go).
 func (h *tcpPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	n, c, err := h.read(b)
 	if c == nil {

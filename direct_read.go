@@ -54,17 +54,27 @@ const (
 // Otherwise it reports false and c's goroutine reads on.
 func (q *packetQueue) offer(c *streamConn) bool {
 	q.mu.Lock()
-	q.requested, c.idleLender = false, false
 	c.lendAnswered()
-	if q.closed || q.direct.Load() != c || q.waiting == 0 {
+	if q.closed || q.direct.Load() != c {
 		q.mu.Unlock()
 		return false
 	}
+	c.idleLender = false // it has data
+	if q.waiting == 0 {
+		q.mu.Unlock()
+		return false // requested stays: readers that come still wait for data
+	}
+	q.requested = false
 	q.lease = c
 	q.state.Store(leaseFree)
 	q.mu.Unlock()
 	wake(q.readable)
 	return true
+}
+
+// leaseOnOfferLocked reports whether a reader could take the lease now.
+func (q *packetQueue) leaseOnOfferLocked() bool {
+	return q.lease != nil && q.holder == nil
 }
 
 // takeLeaseLocked lends h the socket on offer, if any.
@@ -95,8 +105,12 @@ func (q *packetQueue) requestLeaseLocked() {
 func (q *packetQueue) returnLease(c *streamConn) {
 	q.mu.Lock()
 	q.holder = nil
-	if q.lease != c {
+	if q.lease != c { // closed meanwhile, or another connection lends now
+		passOn := q.waiting > 0 && q.leaseOnOfferLocked()
 		q.mu.Unlock()
+		if passOn {
+			wake(q.readable)
+		}
 		return
 	}
 	if q.closed || q.direct.Load() != c {
@@ -157,8 +171,8 @@ func (q *packetQueue) dropLeaseLocked() {
 func (q *packetQueue) setDirect(c *streamConn) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if old := q.direct.Load(); old != nil && q.requested {
-		old.lendAnswered() // it may read on
+	if old := q.direct.Load(); old != nil && old != c {
+		old.lendAnswered() // a request to it, if any, is void: it reads on
 	}
 	q.direct.Store(c)
 	q.requested = false
@@ -321,13 +335,19 @@ func (c *streamConn) lendAnswered() {
 // before its connection takes the socket back.
 const leaseSweepPeriod = 10 * time.Millisecond
 
+// sweeperLinger is how many empty periods the sweeper waits before it
+// exits, so that loans coming and going do not restart it each time.
+const sweeperLinger = 100
+
 // leaseSweeper takes back leases that no reader used for a whole period.
-// One goroutine per mux, alive while any lease is out, checks every lease
-// with two atomic loads per period, so readers pay nothing for it.
+// One goroutine per mux, alive while leases are out (and sweeperLinger
+// periods after), checks every lease with two atomic loads per period, so
+// readers pay nothing for it.
 type leaseSweeper struct {
 	mu      sync.Mutex
 	queues  []*packetQueue
 	running bool
+	empty   int // consecutive sweeps that found no lease
 }
 
 // watchLease puts q, whose connection has just lent its socket, under the
@@ -336,10 +356,11 @@ func (m *TCPMuxDefault) watchLease(q *packetQueue) {
 	s := &m.sweeper
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	q.sweptFree, q.sweptTakes = false, q.takes.Load() // a new loan gets a whole period
 	if q.watched {
 		return
 	}
-	q.watched, q.sweptFree, q.sweptTakes = true, false, q.takes.Load()
+	q.watched = true
 	s.queues = append(s.queues, q)
 	if !s.running && m.enterCallback() {
 		s.running = true
@@ -364,7 +385,7 @@ func (m *TCPMuxDefault) sweepLeases() {
 }
 
 // sweep checks every watched lease once. It reports false, having retired
-// the sweeper, when no lease is out any more.
+// the sweeper, when no lease has been out for sweeperLinger periods.
 func (m *TCPMuxDefault) sweep() bool {
 	s := &m.sweeper
 	s.mu.Lock()
@@ -379,11 +400,16 @@ func (m *TCPMuxDefault) sweep() bool {
 	}
 	clear(s.queues[len(kept):])
 	s.queues = kept
-	if len(kept) == 0 {
-		s.running = false
-		return false
+	if len(kept) > 0 {
+		s.empty = 0
+		return true
 	}
-	return true
+	s.empty++
+	if s.empty < sweeperLinger {
+		return true
+	}
+	s.running, s.empty = false, 0
+	return false
 }
 
 // sweepLease takes the lease back if it was on offer, untouched, for a
@@ -406,6 +432,10 @@ func (q *packetQueue) sweepLease() bool {
 	if q.holder != nil || q.takes.Load() != takes {
 		return true // taken since the loads: next period decides
 	}
+	// Readers that come back wait for the connection to offer again, with
+	// its next data, rather than interrupt its Read: an interrupted Read
+	// allocates its timeout error.
+	q.requested = true
 	q.dropLeaseLocked()
 	return false
 }

@@ -280,3 +280,53 @@ func TestDirectReadIdleConnectionGivesSocketBack(t *testing.T) {
 	require.NoError(t, r.err)
 	require.Equal(t, len("direct again"), r.n)
 }
+
+// A reader that takes the wake-up token and gives up passes it on while
+// the socket is on offer, so another parked reader takes the lease
+// (found in review: it used to wait for the sweeper).
+func TestQueueReaderGivingUpPassesLease(t *testing.T) {
+	q := newPacketQueue(8, 1<<16)
+	c := &streamConn{resume: make(chan struct{}, 1), idleLender: true} // idle: not asked to lend
+	q.direct.Store(c)
+	buf := make([]byte, 16)
+	for range 2 { // readers A and B park
+		_, _, res, err := q.pop(buf, false, &tcpPacketConn{})
+		require.NoError(t, err)
+		require.Equal(t, popEmpty, res)
+	}
+	require.True(t, q.offer(c))
+	<-q.readable   // A is woken...
+	q.cancelRead() // ...and leaves on its deadline
+	select {
+	case <-q.readable: // B is woken
+	case <-time.After(time.Second):
+		t.Fatal("reader B stays parked while the socket is on offer")
+	}
+	_, lent, res, err := q.pop(buf, true, &tcpPacketConn{})
+	require.NoError(t, err)
+	require.Equal(t, popLease, res)
+	require.Same(t, c, lent)
+}
+
+// A reader that pauses longer than the sweep period between reads gets its
+// socket taken back each time; that must not cost allocations (found in
+// review: the connection was treated as idle and freed its buffers).
+func TestDirectReadPausingReaderAllocatesNothing(t *testing.T) {
+	_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	f := frame(make([]byte, 200))
+	buf := make([]byte, 1500)
+	step := func() {
+		if _, err := client.Write(f); err != nil {
+			panic(err)
+		}
+		if _, _, err := pc.ReadFrom(buf); err != nil {
+			panic(err)
+		}
+		time.Sleep(3 * leaseSweepPeriod)
+	}
+	for range 5 {
+		step()
+	}
+	allocs := testing.AllocsPerRun(20, step)
+	require.Zero(t, allocs, "allocations per packet with a reader pausing between reads")
+}

@@ -196,11 +196,11 @@ func (q *packetQueue) pop(b []byte, retry bool, h *tcpPacketConn) (n int, from *
 
 // cancelRead undoes the waiting count of a pop that will not be retried.
 // The reader may have taken the wake-up token on its way out, so it passes
-// the token on if packets wait for other readers.
+// the token on if packets, or a lent socket, wait for other readers.
 func (q *packetQueue) cancelRead() {
 	q.mu.Lock()
 	q.waiting--
-	passBaton := q.count > 0 && q.waiting > 0
+	passBaton := q.waiting > 0 && (q.count > 0 || q.leaseOnOfferLocked())
 	q.mu.Unlock()
 	if passBaton {
 		wake(q.readable)

@@ -125,7 +125,7 @@ func (c *streamConn) readLoop() {
 			case lendClosed:
 				return
 			case lendReturned:
-				if !c.activate() {
+				if !c.resumeReading() {
 					return
 				}
 				continue
@@ -146,6 +146,22 @@ func (c *streamConn) readLoop() {
 			return
 		}
 	}
+}
+
+// resumeReading takes the socket back from readers. A connection they
+// left idle (no buffer) waits for data; one taken back while busy keeps
+// its buffer and its idle check, so a reader pausing between reads costs
+// no reallocation.
+func (c *streamConn) resumeReading() bool {
+	if c.fr.buf == nil {
+		return c.activate()
+	}
+	if !c.idleAt.After(time.Now()) {
+		c.armIdleCheck(time.Now())
+	} else {
+		c.setReadDeadline(c.idleAt)
+	}
+	return true
 }
 
 // activate gets the goroutine's reading going: an empty reader waits for
@@ -337,7 +353,15 @@ func (c *streamConn) writeLocked(p []byte, h *tcpPacketConn) (int, error) {
 	return 0, &net.OpError{Op: "write", Net: "tcp", Addr: c.remote, Err: err}
 }
 
+// isTimeout reports a timeout without allocating in the common cases (an
+// interrupted Read is routine on the direct read path).
 func isTimeout(err error) bool {
+	if netErr, ok := err.(net.Error); ok {
+		return netErr.Timeout()
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
 	var netErr net.Error
 	return errors.As(err, &netErr) && netErr.Timeout()
 }

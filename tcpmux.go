@@ -332,6 +332,10 @@ func (m *TCPMuxDefault) serveConn(conn net.Conn, accepted time.Time) {
 	frame, ufrag, verdict := m.readFirstFrame(c, fr)
 	switch verdict {
 	case rejectNone:
+		// Most peers wait for the answer to their first request: the
+		// connection starts idle, and its readers must not ask for the
+		// socket before data comes (see requestLeaseLocked).
+		c.idleLender = fr.start == fr.end
 		verdict = m.attach(c, ufrag)
 	case handedOver:
 		return
@@ -342,11 +346,6 @@ func (m *TCPMuxDefault) serveConn(conn net.Conn, accepted time.Time) {
 	}
 	fr.SetMaxPayload(MaxFramePayload)
 	c.fr = fr
-	if fr.start == fr.end {
-		// Most peers wait for the answer to their first request: the
-		// connection starts idle, before its reader can ask to read it.
-		c.pc.queue.lenderIdle(c)
-	}
 	if c.pc.deliver(c, frame) {
 		c.readLoop()
 	}

@@ -401,11 +401,13 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 // minWriteBuffer is the first capacity of a write buffer.
 const minWriteBuffer = 2 << 10
 
-// growWriteBuffer returns b with room for need bytes, doubling (append
-// grows large slices by a quarter, which under load means dozens of
-// reallocations on the way to a large WriteBufferSize), never past limit.
+// growWriteBuffer returns b with room for need bytes, quadrupling, never
+// past limit. A buffer only grows while the socket lags behind WriteTo, so
+// it should get to the size it needs in few steps: append grows large
+// slices by a quarter, dozens of reallocations on the way to a 1 MiB
+// WriteBufferSize.
 func growWriteBuffer(b []byte, need, limit int) []byte {
-	size := min(max(2*cap(b), need, minWriteBuffer), max(limit, need))
+	size := min(max(4*cap(b), need, minWriteBuffer), max(limit, need))
 	grown := make([]byte, len(b), size)
 	copy(grown, b)
 	return grown

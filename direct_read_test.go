@@ -1,9 +1,15 @@
 package tcpmux
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"sync"
@@ -329,4 +335,58 @@ func TestDirectReadPausingReaderAllocatesNothing(t *testing.T) {
 	}
 	allocs := testing.AllocsPerRun(20, step)
 	require.Zero(t, allocs, "allocations per packet with a reader pausing between reads")
+}
+
+// SPEC 2: any listener works, TLS included. Timeouts interrupt reads of the
+// lent socket, which a tls.Conn survives: traffic goes on intact after
+// each.
+func TestDirectReadOverTLS(t *testing.T) {
+	inner, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	cert := selfSignedCert(t)
+	m := newTestMux(t, TCPMuxParams{Listener: tls.NewListener(inner, &tls.Config{Certificates: []tls.Certificate{cert}})})
+	pc := getConn(t, m, "tls")
+	client, err := tls.Dial("tcp4", inner.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = client.Close() })
+	_, err = client.Write(frame(bindingRequest(t, "tls")))
+	require.NoError(t, err)
+	_, from := readPacket(t, pc)
+
+	buf := make([]byte, 1500)
+	for i := range 100 {
+		if i%10 == 5 { // the reader waits in the socket when its deadline passes
+			require.NoError(t, pc.SetReadDeadline(time.Now().Add(5*time.Millisecond)))
+			_, _, err := pc.ReadFrom(buf)
+			require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+		}
+		require.NoError(t, pc.SetReadDeadline(time.Now().Add(5*time.Second)))
+		want := fmt.Appendf(nil, "packet %d", i)
+		_, err := client.Write(frame(want))
+		require.NoError(t, err)
+		n, addr, err := pc.ReadFrom(buf)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(buf[:n]))
+		_, err = pc.WriteTo(buf[:n], addr)
+		require.NoError(t, err)
+		require.Equal(t, want, readFrame(t, client))
+	}
+	require.Equal(t, from.String(), client.LocalAddr().String())
+	require.NotZero(t, queueOf(pc).takes.Load(), "no ReadFrom used the lent socket")
+}
+
+// selfSignedCert is a throwaway certificate for 127.0.0.1.
+func selfSignedCert(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

@@ -37,11 +37,13 @@ type lending struct {
 	// For the sweeper, which reads them without the lock.
 	state atomic.Uint32 // leaseNone, leaseFree or leaseHeld
 	takes atomic.Uint64 // readers that took the lease so far
+	loans atomic.Uint64 // offers so far
 
 	// The sweeper's own, guarded by leaseSweeper.mu.
 	watched    bool
 	sweptFree  bool
 	sweptTakes uint64
+	sweptLoans uint64
 }
 
 const (
@@ -67,6 +69,7 @@ func (q *packetQueue) offer(c *streamConn) bool {
 	q.requested = false
 	q.lease = c
 	q.state.Store(leaseFree)
+	q.loans.Add(1)
 	q.mu.Unlock()
 	wake(q.readable)
 	return true
@@ -113,7 +116,7 @@ func (q *packetQueue) returnLease(c *streamConn) {
 		}
 		return
 	}
-	if q.closed || q.direct.Load() != c {
+	if q.direct.Load() != c { // a closed queue has no lease: handled above
 		q.dropLeaseLocked()
 		q.mu.Unlock()
 		return
@@ -356,7 +359,7 @@ func (m *TCPMuxDefault) watchLease(q *packetQueue) {
 	s := &m.sweeper
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q.sweptFree, q.sweptTakes = false, q.takes.Load() // a new loan gets a whole period
+	q.sweptFree = false // a new loan gets a whole period
 	if q.watched {
 		return
 	}
@@ -415,22 +418,25 @@ func (m *TCPMuxDefault) sweep() bool {
 // sweepLease takes the lease back if it was on offer, untouched, for a
 // whole period. It reports whether the lease is still out.
 func (q *packetQueue) sweepLease() bool {
-	takes := q.takes.Load()
+	takes, loans := q.takes.Load(), q.loans.Load()
 	switch q.state.Load() {
 	case leaseNone:
 		return false
 	case leaseHeld:
-		q.sweptFree, q.sweptTakes = false, takes
+		q.sweptFree, q.sweptTakes, q.sweptLoans = false, takes, loans
 		return true
 	}
-	if !q.sweptFree || takes != q.sweptTakes {
-		q.sweptFree, q.sweptTakes = true, takes
+	if !q.sweptFree || takes != q.sweptTakes || loans != q.sweptLoans {
+		q.sweptFree, q.sweptTakes, q.sweptLoans = true, takes, loans
 		return true
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.holder != nil || q.takes.Load() != takes {
-		return true // taken since the loads: next period decides
+	if q.lease == nil {
+		return false // revoked since the loads
+	}
+	if q.holder != nil || q.takes.Load() != takes || q.loans.Load() != loans {
+		return true // taken or lent anew since the loads: next period decides
 	}
 	// Readers that come back wait for the connection to offer again, with
 	// its next data, rather than interrupt its Read: an interrupted Read

@@ -390,3 +390,31 @@ func selfSignedCert(t *testing.T) tls.Certificate {
 	require.NoError(t, err)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
+
+// A reader that pops the last queued packet passes the wake-up token on
+// while the socket is on offer: the offer's own wake-up may have merged
+// with the packet's (found in review).
+func TestQueuePopLastPacketPassesLease(t *testing.T) {
+	q := newPacketQueue(8, 1<<16)
+	c := &streamConn{resume: make(chan struct{}, 1), idleLender: true}
+	q.direct.Store(c)
+	buf := make([]byte, 16)
+	for range 2 { // readers A and B park
+		_, _, res, err := q.pop(buf, false, &tcpPacketConn{})
+		require.NoError(t, err)
+		require.Equal(t, popEmpty, res)
+	}
+	ok, err := q.push(c, []byte("x"), false) // the connection queues a packet...
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.True(t, q.offer(c)) // ...then lends; the two wake-ups merge
+	<-q.readable                // A is woken
+	_, _, res, err := q.pop(buf, true, &tcpPacketConn{})
+	require.NoError(t, err)
+	require.Equal(t, popPacket, res)
+	select {
+	case <-q.readable: // B is woken
+	case <-time.After(time.Second):
+		t.Fatal("reader B stays parked while the socket is on offer")
+	}
+}

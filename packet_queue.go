@@ -183,7 +183,10 @@ func (q *packetQueue) pop(b []byte, retry bool, h *tcpPacketConn) (n int, from *
 	if q.count == 0 {
 		q.head = 0 // keeps the next payloads contiguous
 	}
-	more, pushers := q.count > 0 && q.waiting > 0, q.blocked > 0
+	// The token goes on while anything is left for the other waiters:
+	// packets, or a lent socket whose offer's wake-up merged with push's.
+	more := q.waiting > 0 && (q.count > 0 || q.leaseOnOfferLocked())
+	pushers := q.blocked > 0
 	q.mu.Unlock()
 	if more {
 		wake(q.readable)
@@ -211,6 +214,9 @@ func (q *packetQueue) cancelRead() {
 func (q *packetQueue) close() {
 	q.mu.Lock()
 	q.closed = true
+	if c := q.direct.Load(); c != nil {
+		c.lendAnswered() // an ask to it is void: no passed deadline left behind
+	}
 	q.direct.Store(nil)
 	// Not dropLeaseLocked: a reader may still be in the socket. The lender
 	// leaves when its connection closes, which comes next and also ends

@@ -192,6 +192,13 @@ func (q *packetQueue) setDirect(c *streamConn) {
 // interrupt wakes h's read of a lent socket, if h is reading one, so that
 // it sees a new deadline or its handle closing.
 func (q *packetQueue) interrupt(h *tcpPacketConn) {
+	// h's new state is stored before this load, and a reader stores
+	// leaseHeld before it reads that state (armDirectRead), so skipping the
+	// lock when nobody is in the socket misses no one. It spares the lock
+	// to applications that set a deadline before every read.
+	if q.state.Load() != leaseHeld {
+		return
+	}
 	q.mu.Lock()
 	if q.holder == h && q.lease != nil {
 		q.lease.interruptRead()
@@ -291,16 +298,14 @@ func (c *streamConn) armDirectRead(h *tcpPacketConn) error {
 // have timed out for its own deadline or an interruption: those are
 // handled by armDirectRead.
 func (c *streamConn) directIdleCheck() {
-	fr := c.fr
 	now := time.Now()
-	if now.Before(c.idleAt) {
-		return
+	switch {
+	case now.Before(c.idleAt):
+	case c.readNothingSinceCheck():
+		c.fr.release()
+	default:
+		c.scheduleIdleCheck(now)
 	}
-	if fr.reads == c.lastReads && fr.start == fr.end {
-		fr.release()
-		return
-	}
-	c.idleAt, c.lastReads = now.Add(idleBufferLinger), fr.reads
 }
 
 func earliest(a, b time.Time) time.Time {

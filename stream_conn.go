@@ -156,10 +156,10 @@ func (c *streamConn) resumeReading() bool {
 	if c.fr.buf == nil {
 		return c.activate()
 	}
-	if !c.idleAt.After(time.Now()) {
-		c.armIdleCheck(time.Now())
-	} else {
+	if now := time.Now(); c.idleAt.After(now) {
 		c.setReadDeadline(c.idleAt)
+	} else {
+		c.armIdleCheck(now)
 	}
 	return true
 }
@@ -175,11 +175,25 @@ func (c *streamConn) activate() bool {
 	return true
 }
 
-// armIdleCheck schedules the next idle check one linger from now.
+// armIdleCheck schedules the next idle check one linger from now, with
+// the socket's read deadline at that time.
 func (c *streamConn) armIdleCheck(now time.Time) {
-	c.idleAt = now.Add(idleBufferLinger)
-	c.lastReads = c.fr.reads
+	c.scheduleIdleCheck(now)
 	c.setReadDeadline(c.idleAt)
+}
+
+// scheduleIdleCheck notes when the next idle check is due and how many
+// reads the reader has done so far; whoever reads the socket sets the
+// deadline.
+func (c *streamConn) scheduleIdleCheck(now time.Time) {
+	c.idleAt, c.lastReads = now.Add(idleBufferLinger), c.fr.reads
+}
+
+// readNothingSinceCheck reports whether the socket gave no data since the
+// idle check was scheduled and nothing is buffered: the connection is
+// idle.
+func (c *streamConn) readNothingSinceCheck() bool {
+	return c.fr.reads == c.lastReads && c.fr.start == c.fr.end
 }
 
 // pastIdleCheck handles the goroutine's read deadline: a connection that
@@ -191,7 +205,7 @@ func (c *streamConn) pastIdleCheck() bool {
 	case now.Before(c.idleAt): // an interruption: a reader asks for the socket
 		c.setReadDeadline(c.idleAt)
 		return true
-	case c.fr.reads == c.lastReads && c.fr.start == c.fr.end:
+	case c.readNothingSinceCheck():
 		return c.activate()
 	}
 	c.armIdleCheck(now)
@@ -211,30 +225,20 @@ const idleBufferLinger = 2 * time.Second
 // connection, if the stream ended.
 func (c *streamConn) awaitData() bool {
 	c.fr.release()
-	if c.pc != nil {
-		c.pc.queue.lenderIdle(c)
-	}
+	c.pc.queue.lenderIdle(c)
 	c.setReadDeadline(time.Time{})
-	err := c.readWakeBytes()
-	if err != nil && !isTimeout(err) {
-		c.fail(err)
-		return false
-	}
-	return true
-}
-
-// readWakeBytes waits for data in a Read of a few bytes, without a read
-// buffer, and seeds the empty FrameReader with them.
-func (c *streamConn) readWakeBytes() error {
 	n, err := c.conn.Read(c.wakeBytes[:])
-	if n > 0 {
+	switch {
+	case n > 0:
 		c.fr.seed(c.wakeBytes[:n])
-		return nil
-	}
-	if err == nil {
+		return true
+	case err == nil:
 		err = io.ErrNoProgress
+	case isTimeout(err):
+		return true
 	}
-	return err
+	c.fail(err)
+	return false
 }
 
 func (c *streamConn) setReadDeadline(t time.Time) {

@@ -283,14 +283,27 @@ func benchIngress(b *testing.B, conns, size int, addrPort bool) {
 	})
 	defer clients.stop()
 	defer readers.stop()
+	runBenchPhases(b, size, clients, readers, &errs, false, nil)
+}
 
+// runBenchPhases runs benchWarmup packets, then b.N timed ones, spread
+// over the connections of clients and agents, and reports the packet rate.
+// The timer stops when the agents are done, or with untilClients when the
+// clients are too (egress: every byte has arrived). afterWarmup, if set,
+// resets counters before the timed phase.
+func runBenchPhases(b *testing.B, size int, clients, agents *benchWorkers, errs *benchErrs, untilClients bool, afterWarmup func()) {
+	b.Helper()
+	conns := len(clients.work)
 	warm := uniformShares(benchWarmup, conns)
 	clients.start(warm)
-	readers.start(warm)
-	readers.wait()
+	agents.start(warm)
+	agents.wait()
 	clients.wait()
 	if errs.err != nil {
 		b.Fatal(errs.err)
+	}
+	if afterWarmup != nil {
+		afterWarmup()
 	}
 
 	shares := benchShares(b.N, conns)
@@ -299,10 +312,13 @@ func benchIngress(b *testing.B, conns, size int, addrPort bool) {
 	mallocs0 := mallocs()
 	b.ResetTimer()
 	clients.start(shares)
-	readers.start(shares)
-	readers.wait()
-	b.StopTimer()
+	agents.start(shares)
+	agents.wait()
+	if !untilClients {
+		b.StopTimer()
+	}
 	clients.wait()
+	b.StopTimer()
 	if errs.err != nil {
 		b.Fatal(errs.err)
 	}
@@ -384,31 +400,7 @@ func benchEgress(b *testing.B, conns, size int, addrPort, buffered bool) {
 	})
 	defer clients.stop()
 	defer writers.stop()
-
-	warm := uniformShares(benchWarmup, conns)
-	clients.start(warm)
-	writers.start(warm)
-	writers.wait()
-	clients.wait()
-	if errs.err != nil {
-		b.Fatal(errs.err)
-	}
-	drops.Store(0)
-
-	shares := benchShares(b.N, conns)
-	b.SetBytes(int64(size))
-	b.ReportAllocs()
-	mallocs0 := mallocs()
-	b.ResetTimer()
-	clients.start(shares)
-	writers.start(shares)
-	writers.wait()
-	clients.wait()
-	b.StopTimer()
-	if errs.err != nil {
-		b.Fatal(errs.err)
-	}
-	reportPacketRate(b, b.N, mallocs0)
+	runBenchPhases(b, size, clients, writers, &errs, true, func() { drops.Store(0) })
 	if buffered {
 		b.ReportMetric(float64(drops.Load())/float64(b.N), "drops/pkt")
 	}

@@ -287,27 +287,42 @@ func TestDirectReadIdleConnectionGivesSocketBack(t *testing.T) {
 	require.Equal(t, len("direct again"), r.n)
 }
 
-// A reader that takes the wake-up token and gives up passes it on while
-// the socket is on offer, so another parked reader takes the lease
-// (found in review: it used to wait for the sweeper).
-func TestQueueReaderGivingUpPassesLease(t *testing.T) {
+// queueWithTwoParkedReaders is a queue whose only connection c may lend
+// (idle, so nobody asks it to) and on which readers A and B wait.
+func queueWithTwoParkedReaders(t *testing.T) (*packetQueue, *streamConn, []byte) {
+	t.Helper()
 	q := newPacketQueue(8, 1<<16)
-	c := &streamConn{resume: make(chan struct{}, 1), idleLender: true} // idle: not asked to lend
+	c := &streamConn{resume: make(chan struct{}, 1), idleLender: true}
 	q.direct.Store(c)
 	buf := make([]byte, 16)
-	for range 2 { // readers A and B park
+	for range 2 {
 		_, _, res, err := q.pop(buf, false, &tcpPacketConn{})
 		require.NoError(t, err)
 		require.Equal(t, popEmpty, res)
 	}
-	require.True(t, q.offer(c))
-	<-q.readable   // A is woken...
-	q.cancelRead() // ...and leaves on its deadline
+	return q, c, buf
+}
+
+// requireReaderBWoken fails unless the second parked reader gets the
+// wake-up token.
+func requireReaderBWoken(t *testing.T, q *packetQueue) {
+	t.Helper()
 	select {
-	case <-q.readable: // B is woken
+	case <-q.readable:
 	case <-time.After(time.Second):
 		t.Fatal("reader B stays parked while the socket is on offer")
 	}
+}
+
+// A reader that takes the wake-up token and gives up passes it on while
+// the socket is on offer, so another parked reader takes the lease
+// (found in review: it used to wait for the sweeper).
+func TestQueueReaderGivingUpPassesLease(t *testing.T) {
+	q, c, buf := queueWithTwoParkedReaders(t)
+	require.True(t, q.offer(c))
+	<-q.readable   // A is woken...
+	q.cancelRead() // ...and leaves on its deadline
+	requireReaderBWoken(t, q)
 	_, lent, res, err := q.pop(buf, true, &tcpPacketConn{})
 	require.NoError(t, err)
 	require.Equal(t, popLease, res)
@@ -395,15 +410,7 @@ func selfSignedCert(t *testing.T) tls.Certificate {
 // while the socket is on offer: the offer's own wake-up may have merged
 // with the packet's (found in review).
 func TestQueuePopLastPacketPassesLease(t *testing.T) {
-	q := newPacketQueue(8, 1<<16)
-	c := &streamConn{resume: make(chan struct{}, 1), idleLender: true}
-	q.direct.Store(c)
-	buf := make([]byte, 16)
-	for range 2 { // readers A and B park
-		_, _, res, err := q.pop(buf, false, &tcpPacketConn{})
-		require.NoError(t, err)
-		require.Equal(t, popEmpty, res)
-	}
+	q, c, buf := queueWithTwoParkedReaders(t)
 	ok, err := q.push(c, []byte("x"), false) // the connection queues a packet...
 	require.NoError(t, err)
 	require.True(t, ok)
@@ -412,9 +419,5 @@ func TestQueuePopLastPacketPassesLease(t *testing.T) {
 	_, _, res, err := q.pop(buf, true, &tcpPacketConn{})
 	require.NoError(t, err)
 	require.Equal(t, popPacket, res)
-	select {
-	case <-q.readable: // B is woken
-	case <-time.After(time.Second):
-		t.Fatal("reader B stays parked while the socket is on offer")
-	}
+	requireReaderBWoken(t, q)
 }

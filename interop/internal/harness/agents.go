@@ -191,11 +191,7 @@ func (s *Session) negotiate(ctx context.Context, keep func(ice.Candidate) bool, 
 		return s.awaitReconnect(ctx)
 	}
 
-	sUfrag, sPwd, err := s.Server.GetLocalUserCredentials()
-	if err != nil {
-		return err
-	}
-	cUfrag, cPwd, err := s.Client.GetLocalUserCredentials()
+	sUfrag, sPwd, cUfrag, cPwd, err := s.credentials()
 	if err != nil {
 		return err
 	}
@@ -220,6 +216,18 @@ func (s *Session) negotiate(ctx context.Context, keep func(ice.Candidate) bool, 
 	return errors.Join(wrap("dial", dialErr), wrap("accept", r.err))
 }
 
+// credentials returns the local ufrag and password of the server agent,
+// then of the client agent.
+func (s *Session) credentials() (sUfrag, sPwd, cUfrag, cPwd string, err error) {
+	if sUfrag, sPwd, err = s.Server.GetLocalUserCredentials(); err != nil {
+		return "", "", "", "", err
+	}
+	if cUfrag, cPwd, err = s.Client.GetLocalUserCredentials(); err != nil {
+		return "", "", "", "", err
+	}
+	return sUfrag, sPwd, cUfrag, cPwd, nil
+}
+
 func wrap(what string, err error) error {
 	if err == nil {
 		return nil
@@ -239,11 +247,7 @@ func (s *Session) Restart(ctx context.Context, keep func(ice.Candidate) bool) er
 	if err := s.Client.Restart("", ""); err != nil {
 		return fmt.Errorf("client restart: %w", err)
 	}
-	sUfrag, sPwd, err := s.Server.GetLocalUserCredentials()
-	if err != nil {
-		return err
-	}
-	cUfrag, cPwd, err := s.Client.GetLocalUserCredentials()
+	sUfrag, sPwd, cUfrag, cPwd, err := s.credentials()
 	if err != nil {
 		return err
 	}

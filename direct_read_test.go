@@ -296,7 +296,7 @@ func queueWithTwoParkedReaders(t *testing.T) (*packetQueue, *streamConn, []byte)
 	q.direct.Store(c)
 	buf := make([]byte, 16)
 	for range 2 {
-		_, _, res, err := q.pop(buf, false, &tcpPacketConn{})
+		_, _, _, res, err := q.pop(buf, false, &tcpPacketConn{})
 		require.NoError(t, err)
 		require.Equal(t, popEmpty, res)
 	}
@@ -323,7 +323,7 @@ func TestQueueReaderGivingUpPassesLease(t *testing.T) {
 	<-q.readable   // A is woken...
 	q.cancelRead() // ...and leaves on its deadline
 	requireReaderBWoken(t, q)
-	_, lent, res, err := q.pop(buf, true, &tcpPacketConn{})
+	_, _, lent, res, err := q.pop(buf, true, &tcpPacketConn{})
 	require.NoError(t, err)
 	require.Equal(t, popLease, res)
 	require.Same(t, c, lent)
@@ -411,12 +411,12 @@ func selfSignedCert(t *testing.T) tls.Certificate {
 // with the packet's (found in review).
 func TestQueuePopLastPacketPassesLease(t *testing.T) {
 	q, c, buf := queueWithTwoParkedReaders(t)
-	ok, err := q.push(c, []byte("x"), false) // the connection queues a packet...
+	ok, err := q.push(c.remote, []byte("x"), false) // the connection queues a packet...
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.True(t, q.offer(c)) // ...then lends; the two wake-ups merge
 	<-q.readable                // A is woken
-	_, _, res, err := q.pop(buf, true, &tcpPacketConn{})
+	_, _, _, res, err := q.pop(buf, true, &tcpPacketConn{})
 	require.NoError(t, err)
 	require.Equal(t, popPacket, res)
 	requireReaderBWoken(t, q)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,34 +22,32 @@ func looksLikeBindingRequest(head []byte) bool {
 }
 
 // handOver gives a non-STUN connection, with the bytes read so far, to the
-// fallback listener. The connection leaves the mux's limits and counters.
+// fallback listener. The connection leaves the mux's limits and levels
+// before the application can Accept it, so that the application's next
+// dial does not find it still counted.
 func (m *TCPMuxDefault) handOver(c *streamConn, fr *FrameReader) rejectReason {
 	// As after a first frame: a broken conn fails its next Read anyway.
 	_ = c.conn.SetReadDeadline(time.Time{})
-	replayed := &replayConn{Conn: c.conn, replay: fr.Buffered()}
 	m.mu.Lock()
-	closing := m.closed.Load()
-	if !closing {
-		delete(m.pending, c.conn)
-	}
-	m.mu.Unlock()
-	if closing { // Close may already be closing it with the pending ones
+	if m.closed.Load() { // Close is closing it with the pending ones
+		m.mu.Unlock()
 		return rejectOther
 	}
-	// The connection leaves the limits before the app can Accept it, so
-	// that the app's next dial does not find it still counted.
-	m.stats.pending.Add(-1)
-	m.stats.held.Add(-1)
-	result := m.fallback.offer(replayed)
-	if result == offerQueued {
+	held := m.table.drop(c)
+	m.mu.Unlock()
+	if !held {
+		return handedOver // evicted meanwhile: closed and counted already
+	}
+	switch m.fallback.offer(&replayConn{Conn: c.conn, replay: fr.Buffered()}, &m.stats.fallback) {
+	case offerQueued:
 		return handedOver
+	case offerFull:
+		m.stats.reject(rejectLimit)
+	default:
+		m.stats.reject(rejectNotSTUN)
 	}
-	m.stats.pending.Add(1) // reject counts it out again
-	m.stats.held.Add(1)
-	if result == offerFull {
-		return rejectLimit
-	}
-	return rejectNotSTUN
+	c.close()
+	return handedOver
 }
 
 // replayConn replays the bytes the mux read before handing a connection
@@ -100,18 +99,20 @@ func newFallbackListener(m *TCPMuxDefault) *fallbackListener {
 	return l
 }
 
-func (l *fallbackListener) offer(c net.Conn) offerResult {
+// offer queues c and counts it in queued, or reports why not. Only offer
+// adds to the queue, under mu, so a queue found not full takes c at once.
+func (l *fallbackListener) offer(c net.Conn, queued *atomic.Uint64) offerResult {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed || !l.enabled {
+	switch {
+	case l.closed || !l.enabled:
 		return offerClosed
-	}
-	select {
-	case l.queue <- c:
-		return offerQueued
-	default:
+	case len(l.queue) == cap(l.queue):
 		return offerFull
 	}
+	queued.Add(1) // before the application can Accept it
+	l.queue <- c
+	return offerQueued
 }
 
 // Accept returns the next connection that did not speak framed STUN.

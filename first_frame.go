@@ -8,11 +8,6 @@ import (
 	"github.com/pion/stun/v3"
 )
 
-// MaxFirstFrameSize bounds the first frame of a connection. A legal ICE
-// Binding request with a 256-character ufrag is about 600 bytes; anything
-// over this bound is rejected as soon as its length header is read.
-const MaxFirstFrameSize = 2048
-
 // maxUsernameSize bounds USERNAME. ICE ufrags may have 256 characters
 // (RFC 8445), so "local:remote" may take 513 bytes; pion/stun allows as much.
 const maxUsernameSize = 513
@@ -39,10 +34,11 @@ const (
 	rejectTooLarge              // the first frame is over MaxFirstFrameSize
 	rejectLimit                 // a connection limit was reached
 	rejectAuth                  // PasswordLookup refused the ufrag or its integrity
+	rejectEvicted               // closed to make room for a newcomer (SPEC 8)
 	rejectOther                 // duplicates, early EOF, read errors, mux closing
 )
 
-var rejectNames = [...]string{"none", "timeout", "not STUN", "bad USERNAME", "too large", "over limit", "auth", "other"}
+var rejectNames = [...]string{"none", "timeout", "not STUN", "bad USERNAME", "too large", "over limit", "auth", "evicted", "other"}
 
 func (r rejectReason) String() string {
 	if int(r) < len(rejectNames) {

@@ -165,13 +165,13 @@ func TestParseBindingRequestRejectsUsername(t *testing.T) {
 
 func TestFirstFrameSizeBound(t *testing.T) {
 	// SPEC 1: the bound is at least 1280 and at most 4096 bytes.
-	assert.GreaterOrEqual(t, MaxFirstFrameSize, 1280)
-	assert.LessOrEqual(t, MaxFirstFrameSize, 4096)
+	assert.GreaterOrEqual(t, DefaultMaxFirstFrameSize, 1280)
+	assert.LessOrEqual(t, DefaultMaxFirstFrameSize, 4096)
 
 	// The largest legal ICE request (a 513-byte USERNAME, two 256-character
 	// ufrags) fits, with the attributes pion/ice adds.
 	frame := iceAttributesRequest(t, strings.Repeat("u", 256)+":"+strings.Repeat("r", 256))
-	assert.LessOrEqual(t, len(frame), MaxFirstFrameSize)
+	assert.LessOrEqual(t, len(frame), DefaultMaxFirstFrameSize)
 	_, reason := parse(t, frame)
 	assert.Equal(t, rejectNone, reason)
 }

@@ -999,7 +999,7 @@ func admissionVerdict(stream []byte, lookup func(string) (string, bool)) (reason
 		return rejectOther, "", nil, nil // EOF before or inside the header
 	}
 	n := int(binary.BigEndian.Uint16(stream))
-	if n > MaxFirstFrameSize {
+	if n > DefaultMaxFirstFrameSize {
 		return rejectTooLarge, "", nil, nil
 	}
 	if len(stream)-FrameHeaderSize < n {
@@ -1032,6 +1032,8 @@ func rejectedCount(r RejectedStats, reason rejectReason) uint64 {
 		return r.Limit
 	case rejectAuth:
 		return r.Auth
+	case rejectEvicted:
+		return r.Evicted
 	case rejectOther:
 		return r.Other
 	}
@@ -1072,6 +1074,17 @@ func FuzzFirstFrameAdmission(f *testing.F) {
 			MaxConnectionsPerUfrag: 1,
 			FirstStunBindTimeout:   2 * time.Second, // every stream ends with EOF well before
 		})
+		// An unclaimed PacketConn closes with its last connection (SPEC 3),
+		// and the stream ends with EOF, so an admitted ufrag is claimed
+		// first.
+		wantReason, ufrag, first, rest := admissionVerdict(stream, lookup)
+		var pc net.PacketConn
+		if wantReason == rejectNone {
+			var err error
+			pc, err = m.GetConnByUfrag(ufrag, false, net.IPv4(127, 0, 0, 1))
+			require.NoError(t, err)
+			defer pc.Close()
+		}
 		client := ln.dial(t, "127.0.0.1:443", "192.0.2.1:1000")
 		written := make(chan struct{})
 		go func() {
@@ -1086,34 +1099,30 @@ func FuzzFirstFrameAdmission(f *testing.F) {
 			<-written
 		}()
 
-		wantReason, ufrag, first, rest := admissionVerdict(stream, lookup)
 		require.Eventually(t, func() bool {
 			s := m.Stats()
-			return s.ConnsRejected > 0 || s.PacketConns > 0
+			return s.ConnsRejected > 0 || s.PacketsReceived > 0
 		}, 5*time.Second, 100*time.Microsecond, "no verdict")
 
 		s := m.Stats()
-		admitted := s.PacketConns > 0
+		admitted := s.ConnsRejected == 0
 		require.Equal(t, wantReason == rejectNone, admitted, "want %v, stats %+v, stream %x", wantReason, s, stream)
 		if !admitted {
 			require.Equal(t, uint64(1), s.ConnsRejected)
 			require.Equal(t, uint64(1), rejectedCount(s.Rejected, wantReason), "want %v, got %+v", wantReason, s.Rejected)
 			require.Zero(t, s.PacketsReceived)
 			require.Zero(t, s.ConnsActive)
+			require.Zero(t, s.PacketConns, "no per-ufrag state for a rejected connection")
+			require.Zero(t, s.UnclaimedExpired)
 			return
 		}
-		require.Zero(t, s.ConnsRejected)
 		_, reason := parseBindingRequest(first)
 		require.Equal(t, rejectNone, reason)
 		require.True(t, verifyIntegrity(first, "pwd"))
 		oracleUfrag, ok := oracleBindingRequest(first)
 		require.True(t, ok)
 		require.Equal(t, string(oracleUfrag), ufrag)
-
-		pc, err := m.GetConnByUfrag(ufrag, false, net.IPv4(127, 0, 0, 1))
-		require.NoError(t, err)
-		defer pc.Close()
-		require.Equal(t, 1, m.Stats().PacketConns, "the claim finds the PacketConn the connection created")
+		require.Equal(t, 1, m.Stats().PacketConns, "the connection joined the claimed PacketConn")
 		buf := make([]byte, MaxFramePayload)
 		want := 0
 		for i, p := range append([][]byte{first}, rest...) {

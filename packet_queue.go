@@ -2,6 +2,7 @@ package tcpmux
 
 import (
 	"io"
+	"net"
 	"sync"
 )
 
@@ -10,9 +11,11 @@ import (
 // grows on demand up to a byte bound, so queueing a packet allocates nothing
 // once the buffer has grown, and a queue of small packets stays small.
 //
-// It is bounded twice, by packets and by bytes. A full queue refuses a push;
-// the TCP reader then waits on writable, so a slow application slows its
-// peers down through TCP instead of losing packets.
+// It is bounded twice, by packets and by bytes, and an empty queue takes
+// one packet whatever its size, so a large frame never deadlocks. A full
+// queue refuses a push; the TCP reader then waits on writable, so a slow
+// application slows its peers down through TCP instead of losing packets.
+// Both tables grow on demand: a queue costs what it holds.
 type packetQueue struct {
 	mu       sync.Mutex
 	data     []byte // circular; packets in FIFO order starting at head
@@ -22,6 +25,7 @@ type packetQueue struct {
 	entries  []queuedPacket // circular, one per queued packet
 	first    int
 	count    int
+	maxCount int
 	blocked  int // pushers waiting on writable
 	waiting  int // readers waiting on readable
 	closed   bool
@@ -44,9 +48,12 @@ const (
 	popLease                   // the lent socket: read it, then returnLease
 )
 
+// queuedPacket keeps only the sender's address, not its connection: a
+// packet outliving its connection must not keep the connection's buffers
+// alive.
 type queuedPacket struct {
 	size int
-	from *streamConn
+	from *net.TCPAddr
 }
 
 // minQueueBytes is the smallest byte buffer of a queue. Buffers grow by
@@ -54,12 +61,27 @@ type queuedPacket struct {
 // STUN checks stays a few hundred bytes.
 const minQueueBytes = 256
 
+// minQueueEntries is the first size of a queue's packet table.
+const minQueueEntries = 4
+
 func newPacketQueue(maxPackets, maxBytes int) *packetQueue {
 	return &packetQueue{
 		maxBytes: maxBytes,
-		entries:  make([]queuedPacket, maxPackets),
+		maxCount: maxPackets,
 		readable: make(chan struct{}, 1),
 		writable: make(chan struct{}, 1),
+	}
+}
+
+// setMaxBytes changes the byte bound (claiming a PacketConn lifts it) and
+// lets blocked pushers retry.
+func (q *packetQueue) setMaxBytes(n int) {
+	q.mu.Lock()
+	q.maxBytes = n
+	blocked := q.blocked > 0
+	q.mu.Unlock()
+	if blocked {
+		wake(q.writable)
 	}
 }
 
@@ -70,10 +92,10 @@ func wake(ch chan struct{}) {
 	}
 }
 
-// push queues a copy of p from c. It returns false if the queue is full;
+// push queues a copy of p from the peer at from. It returns false if the queue is full;
 // the caller then waits on q.writable and calls push again with retry set,
 // or calls cancelWait if it gives up.
-func (q *packetQueue) push(c *streamConn, p []byte, retry bool) (ok bool, err error) {
+func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok bool, err error) {
 	q.mu.Lock()
 	if retry {
 		q.blocked--
@@ -82,7 +104,7 @@ func (q *packetQueue) push(c *streamConn, p []byte, retry bool) (ok bool, err er
 		q.mu.Unlock()
 		return false, ErrConnClosed
 	}
-	if q.count == len(q.entries) || !q.reserve(len(p)) {
+	if !q.reserveEntry() || !q.reserve(len(p)) {
 		q.blocked++
 		q.mu.Unlock()
 		return false, nil
@@ -93,13 +115,13 @@ func (q *packetQueue) push(c *streamConn, p []byte, retry bool) (ok bool, err er
 			copy(q.data, p[n:])
 		}
 	}
-	q.entries[(q.first+q.count)%len(q.entries)] = queuedPacket{size: len(p), from: c}
+	q.entries[(q.first+q.count)%len(q.entries)] = queuedPacket{size: len(p), from: from}
 	q.count++
 	q.used += len(p)
 	// Readers only wait on an empty queue, and pass the token on while
 	// packets remain, so only the first packet needs to wake one.
 	wakeReader := q.count == 1 && q.waiting > 0
-	passBaton := q.blocked > 0 && q.count < len(q.entries)
+	passBaton := q.blocked > 0 && q.count < q.maxCount
 	q.mu.Unlock()
 	if wakeReader {
 		wake(q.readable)
@@ -117,10 +139,27 @@ func (q *packetQueue) cancelWait() {
 	q.mu.Unlock()
 }
 
+// reserveEntry makes room in the packet table for one more packet,
+// growing it if the packet bound allows. Called with q.mu held.
+func (q *packetQueue) reserveEntry() bool {
+	if q.count >= q.maxCount {
+		return false
+	}
+	if q.count < len(q.entries) {
+		return true
+	}
+	grown := make([]queuedPacket, min(max(2*len(q.entries), minQueueEntries), q.maxCount))
+	for i := range q.count {
+		grown[i] = q.entries[(q.first+i)%len(q.entries)]
+	}
+	q.entries, q.first = grown, 0
+	return true
+}
+
 // reserve makes room for n more bytes, growing the buffer if the byte bound
-// allows. Called with q.mu held.
+// allows; an empty queue always takes the packet. Called with q.mu held.
 func (q *packetQueue) reserve(n int) bool {
-	if q.used+n > q.maxBytes {
+	if q.used > 0 && q.used+n > q.maxBytes {
 		return false
 	}
 	if q.used+n <= len(q.data) {
@@ -130,7 +169,7 @@ func (q *packetQueue) reserve(n int) bool {
 	for size < q.used+n {
 		size *= 2
 	}
-	size = min(size, q.maxBytes)
+	size = max(min(size, q.maxBytes), q.used+n)
 	data := make([]byte, size)
 	if q.used > 0 {
 		if n := copy(data, q.data[q.head:min(q.head+q.used, len(q.data))]); n < q.used {
@@ -146,24 +185,24 @@ func (q *packetQueue) reserve(n int) bool {
 // otherwise counts h as waiting: the caller then waits on q.readable and
 // calls pop again with retry set, or calls cancelRead if it gives up. A
 // packet larger than b is dropped and reported as io.ErrShortBuffer.
-func (q *packetQueue) pop(b []byte, retry bool, h *tcpPacketConn) (n int, from *streamConn, res popResult, err error) {
+func (q *packetQueue) pop(b []byte, retry bool, h *tcpPacketConn) (n int, from *net.TCPAddr, lent *streamConn, res popResult, err error) {
 	q.mu.Lock()
 	if retry {
 		q.waiting--
 	}
 	if q.closed {
 		q.mu.Unlock()
-		return 0, nil, popPacket, ErrConnClosed
+		return 0, nil, nil, popPacket, ErrConnClosed
 	}
 	if q.count == 0 {
 		if lent := q.takeLeaseLocked(h); lent != nil {
 			q.mu.Unlock()
-			return 0, lent, popLease, nil
+			return 0, nil, lent, popLease, nil
 		}
 		q.waiting++
 		q.requestLeaseLocked()
 		q.mu.Unlock()
-		return 0, nil, popEmpty, nil
+		return 0, nil, nil, popEmpty, nil
 	}
 	pkt := q.entries[q.first]
 	q.entries[q.first] = queuedPacket{}
@@ -194,7 +233,7 @@ func (q *packetQueue) pop(b []byte, retry bool, h *tcpPacketConn) (n int, from *
 	if pushers {
 		wake(q.writable)
 	}
-	return n, pkt.from, popPacket, err
+	return n, pkt.from, nil, popPacket, err
 }
 
 // cancelRead undoes the waiting count of a pop that will not be retried.

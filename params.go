@@ -2,6 +2,7 @@ package tcpmux
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"time"
 
@@ -22,6 +23,23 @@ const (
 	// DefaultFallbackQueueSize is how many non-ICE connections wait for
 	// FallbackListener().Accept before further ones are closed.
 	DefaultFallbackQueueSize = 128
+	// DefaultMaxPendingConnections bounds the connections whose first frame
+	// has not arrived yet. Past it the mux evicts, it does not refuse (see
+	// TCPMuxParams.MaxPendingConnections).
+	DefaultMaxPendingConnections = 1024
+	// DefaultMaxFirstFrameSize bounds a connection's first frame. A legal
+	// ICE Binding request with a 256-character ufrag is about 600 bytes; a
+	// request carrying a DTLS handshake inside STUN is larger.
+	DefaultMaxFirstFrameSize = 2048
+	// MinMaxFirstFrameSize and MaxMaxFirstFrameSize are the valid range of
+	// TCPMuxParams.MaxFirstFrameSize.
+	MinMaxFirstFrameSize = 1280
+	MaxMaxFirstFrameSize = MaxFramePayload
+	// UnclaimedQueueBytes bounds the packet payload queued for a PacketConn
+	// that no GetConnByUfrag has claimed yet (one packet of any size always
+	// fits in an empty queue). Past it the connections are not read: TCP
+	// flow control holds the rest at the peer.
+	UnclaimedQueueBytes = 16 << 10
 )
 
 // queueBytesPerPacket sizes a PacketConn's queue in bytes from its size in
@@ -72,19 +90,39 @@ type TCPMuxParams struct {
 	AliveDurationForConnFromStun time.Duration
 
 	// MaxConnections caps the TCP connections held at once, pending and
-	// attached. Connections over it are closed at once and counted.
-	// 0: no limit.
+	// attached. When it is reached, a newcomer evicts the oldest connection
+	// of the source holding the most evictable ones: connections still
+	// pending or attached to a PacketConn nobody has claimed. A connection
+	// of a claimed PacketConn is never evicted; with none evictable, the
+	// newcomer is closed and counted as Limit. 0: no limit.
 	MaxConnections int
 
 	// MaxPendingConnections caps the connections whose first frame has not
-	// arrived yet. Connections over it are closed at once and counted.
-	// 0: no limit.
+	// arrived yet. When it is reached, a newcomer is admitted and the
+	// pending connection that has waited longest, among those of the source
+	// holding the most pending ones, is closed and counted as Evicted: a
+	// flood from one source cannot lock other peers out.
+	// 0: DefaultMaxPendingConnections. Negative: no limit.
 	MaxPendingConnections int
 
 	// MaxConnectionsPerUfrag caps the attached connections per ufrag (all
 	// families and local IPs together). Connections over it are closed and
 	// counted. 0: no limit.
 	MaxConnectionsPerUfrag int
+
+	// MaxConnectionsPerIP caps the connections held at once (pending and
+	// attached) from one source: one IPv4 address or one IPv6 /64. A
+	// newcomer over it is closed and counted as Limit, and evicts nobody.
+	// Behind a PROXY-protocol listener the source is the real client's,
+	// known once the header is read on the connection's own goroutine.
+	// 0: no limit.
+	MaxConnectionsPerIP int
+
+	// MaxFirstFrameSize bounds a connection's first frame in bytes; a
+	// header announcing more is rejected (TooLarge) before any payload is
+	// read. Valid values are MinMaxFirstFrameSize to MaxMaxFirstFrameSize.
+	// 0: DefaultMaxFirstFrameSize.
+	MaxFirstFrameSize int
 
 	// PasswordLookup, when set, admits a first request only if it returns ok
 	// for the request's ufrag and the request's MESSAGE-INTEGRITY verifies
@@ -106,19 +144,42 @@ type TCPMuxParams struct {
 	FallbackQueueSize int
 }
 
-// ErrNoListener is returned by Validate for params without a Listener.
-var ErrNoListener = errors.New("tcpmux: TCPMuxParams.Listener is nil")
+var (
+	// ErrNoListener is returned by Validate for params without a Listener.
+	ErrNoListener = errors.New("tcpmux: TCPMuxParams.Listener is nil")
+	// ErrInvalidParams is wrapped by Validate's error for a field out of
+	// its range; the message names the field.
+	ErrInvalidParams = errors.New("tcpmux: invalid TCPMuxParams")
+)
 
-// Validate reports whether the params can build a mux: a Listener is set and
-// no size, limit or duration is negative.
+// Validate reports whether the params can build a mux: a Listener is set,
+// no size, limit or duration is negative (MaxPendingConnections excepted:
+// negative means no limit), and MaxFirstFrameSize is 0 or within
+// MinMaxFirstFrameSize..MaxMaxFirstFrameSize.
 func (p *TCPMuxParams) Validate() error {
 	if p.Listener == nil {
 		return ErrNoListener
 	}
-	if p.ReadBufferSize < 0 || p.WriteBufferSize < 0 || p.FirstStunBindTimeout < 0 ||
-		p.AliveDurationForConnFromStun < 0 || p.MaxConnections < 0 ||
-		p.MaxPendingConnections < 0 || p.MaxConnectionsPerUfrag < 0 || p.FallbackQueueSize < 0 {
-		return errors.New("tcpmux: TCPMuxParams has a negative size, limit or duration")
+	nonNegative := []struct {
+		name  string
+		value int64
+	}{
+		{"ReadBufferSize", int64(p.ReadBufferSize)},
+		{"WriteBufferSize", int64(p.WriteBufferSize)},
+		{"FirstStunBindTimeout", int64(p.FirstStunBindTimeout)},
+		{"AliveDurationForConnFromStun", int64(p.AliveDurationForConnFromStun)},
+		{"MaxConnections", int64(p.MaxConnections)},
+		{"MaxConnectionsPerUfrag", int64(p.MaxConnectionsPerUfrag)},
+		{"MaxConnectionsPerIP", int64(p.MaxConnectionsPerIP)},
+		{"FallbackQueueSize", int64(p.FallbackQueueSize)},
+	}
+	for _, f := range nonNegative {
+		if f.value < 0 {
+			return fmt.Errorf("%w: %s is negative (%d)", ErrInvalidParams, f.name, f.value)
+		}
+	}
+	if n := p.MaxFirstFrameSize; n != 0 && (n < MinMaxFirstFrameSize || n > MaxMaxFirstFrameSize) {
+		return fmt.Errorf("%w: MaxFirstFrameSize %d is outside %d..%d", ErrInvalidParams, n, MinMaxFirstFrameSize, MaxMaxFirstFrameSize)
 	}
 	return nil
 }
@@ -140,6 +201,12 @@ func (p TCPMuxParams) populateDefaults() TCPMuxParams {
 	}
 	if p.FallbackQueueSize == 0 {
 		p.FallbackQueueSize = DefaultFallbackQueueSize
+	}
+	if p.MaxPendingConnections == 0 {
+		p.MaxPendingConnections = DefaultMaxPendingConnections
+	}
+	if p.MaxFirstFrameSize == 0 {
+		p.MaxFirstFrameSize = DefaultMaxFirstFrameSize
 	}
 	return p
 }

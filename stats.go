@@ -2,9 +2,15 @@ package tcpmux
 
 import "sync/atomic"
 
-// Stats is a snapshot of a mux's counters. Counters named Conns*, Packets*,
-// Bytes* and WriteDrops only grow; ConnsActive, ConnsPending, PacketConns and
-// MultipathConns are levels at the time of the snapshot.
+// Stats is a snapshot of a mux's counters. ConnsActive, ConnsPending,
+// PacketConns and MultipathConns are levels at the time of the snapshot;
+// every other field is a counter that only grows.
+//
+// Every accepted connection is, at any moment, in exactly one of: pending,
+// attached (ConnsActive), handed over (FallbackConns), rejected (exactly
+// one Rejected reason; an evicted connection counts as Evicted only, even
+// if it was attached), or gone after attaching on its own account (ended,
+// failed, removed, or closed with its PacketConn), which no field counts.
 type Stats struct {
 	// ConnsAccepted counts connections returned by the listener's Accept.
 	ConnsAccepted uint64
@@ -20,6 +26,13 @@ type Stats struct {
 	ConnsPending int
 	// PacketConns is the number of open PacketConns, claimed or not.
 	PacketConns int
+	// UnclaimedExpired counts PacketConns closed because nobody claimed
+	// them: AliveDurationForConnFromStun ran out, or their last connection
+	// went. RemoveConnByUfrag and Close do not count here.
+	UnclaimedExpired uint64
+	// FallbackConns counts connections handed to FallbackListener (counted
+	// when queued, whatever the application does with them).
+	FallbackConns uint64
 	// PacketsReceived and BytesReceived count the packets (first frames
 	// included) and payload bytes queued for ReadFrom.
 	PacketsReceived, BytesReceived uint64
@@ -46,11 +59,16 @@ type RejectedStats struct {
 	// TooLarge: the first frame's header announces more than
 	// MaxFirstFrameSize bytes.
 	TooLarge uint64
-	// Limit: a connection limit, or the fallback queue, was full.
+	// Limit: a connection limit, or the fallback queue, was full and
+	// nothing could be evicted (or MaxConnectionsPerIP refused the source).
 	Limit uint64
 	// Auth: PasswordLookup did not know the ufrag, or MESSAGE-INTEGRITY did
 	// not verify.
 	Auth uint64
+	// Evicted: closed to make room for a newcomer when MaxPendingConnections
+	// or MaxConnections was reached, pending or attached to an unclaimed
+	// PacketConn.
+	Evicted uint64
 	// Other: a duplicate remote address, a peer that closed or failed
 	// before its first frame, or a mux closing meanwhile.
 	Other uint64
@@ -62,8 +80,10 @@ type counters struct {
 	rejected        [rejectOther + 1]atomic.Uint64
 	active          atomic.Int64
 	pending         atomic.Int64
-	held            atomic.Int64 // pending + attached, for MaxConnections
+	held            atomic.Int64 // pending + attached
 	packetConns     atomic.Int64
+	unclaimedGone   atomic.Uint64
+	fallback        atomic.Uint64
 	packetsReceived atomic.Uint64
 	bytesReceived   atomic.Uint64
 	packetsSent     atomic.Uint64
@@ -74,23 +94,6 @@ type counters struct {
 
 func (s *counters) reject(r rejectReason) { s.rejected[r].Add(1) }
 
-func (s *counters) connAttached(c *streamConn) {
-	s.active.Add(1)
-	if c.multipath {
-		s.multipath.Add(1)
-	}
-}
-
-// connDetached is called exactly once per attached connection, by whoever
-// removed it from its PacketConn's map.
-func (s *counters) connDetached(c *streamConn) {
-	s.active.Add(-1)
-	s.held.Add(-1)
-	if c.multipath {
-		s.multipath.Add(-1)
-	}
-}
-
 func (s *counters) snapshot() Stats {
 	r := RejectedStats{
 		Timeout:  s.rejected[rejectTimeout].Load(),
@@ -99,20 +102,57 @@ func (s *counters) snapshot() Stats {
 		TooLarge: s.rejected[rejectTooLarge].Load(),
 		Limit:    s.rejected[rejectLimit].Load(),
 		Auth:     s.rejected[rejectAuth].Load(),
+		Evicted:  s.rejected[rejectEvicted].Load(),
 		Other:    s.rejected[rejectOther].Load(),
 	}
 	return Stats{
-		ConnsAccepted:   s.accepted.Load(),
-		ConnsRejected:   r.Timeout + r.NotSTUN + r.Username + r.TooLarge + r.Limit + r.Auth + r.Other,
-		Rejected:        r,
-		ConnsActive:     int(s.active.Load()),
-		ConnsPending:    int(s.pending.Load()),
-		PacketConns:     int(s.packetConns.Load()),
-		PacketsReceived: s.packetsReceived.Load(),
-		BytesReceived:   s.bytesReceived.Load(),
-		PacketsSent:     s.packetsSent.Load(),
-		BytesSent:       s.bytesSent.Load(),
-		WriteDrops:      s.writeDrops.Load(),
-		MultipathConns:  int(s.multipath.Load()),
+		ConnsAccepted:    s.accepted.Load(),
+		ConnsRejected:    r.total(),
+		Rejected:         r,
+		ConnsActive:      int(s.active.Load()),
+		ConnsPending:     int(s.pending.Load()),
+		PacketConns:      int(s.packetConns.Load()),
+		UnclaimedExpired: s.unclaimedGone.Load(),
+		FallbackConns:    s.fallback.Load(),
+		PacketsReceived:  s.packetsReceived.Load(),
+		BytesReceived:    s.bytesReceived.Load(),
+		PacketsSent:      s.packetsSent.Load(),
+		BytesSent:        s.bytesSent.Load(),
+		WriteDrops:       s.writeDrops.Load(),
+		MultipathConns:   int(s.multipath.Load()),
+	}
+}
+
+func (r RejectedStats) total() uint64 {
+	return r.Timeout + r.NotSTUN + r.Username + r.TooLarge + r.Limit + r.Auth + r.Evicted + r.Other
+}
+
+// add sums two snapshots, for MultiTCPMuxDefault.
+func (s Stats) add(o Stats) Stats {
+	r, q := s.Rejected, o.Rejected
+	return Stats{
+		ConnsAccepted: s.ConnsAccepted + o.ConnsAccepted,
+		ConnsRejected: s.ConnsRejected + o.ConnsRejected,
+		Rejected: RejectedStats{
+			Timeout:  r.Timeout + q.Timeout,
+			NotSTUN:  r.NotSTUN + q.NotSTUN,
+			Username: r.Username + q.Username,
+			TooLarge: r.TooLarge + q.TooLarge,
+			Limit:    r.Limit + q.Limit,
+			Auth:     r.Auth + q.Auth,
+			Evicted:  r.Evicted + q.Evicted,
+			Other:    r.Other + q.Other,
+		},
+		ConnsActive:      s.ConnsActive + o.ConnsActive,
+		ConnsPending:     s.ConnsPending + o.ConnsPending,
+		PacketConns:      s.PacketConns + o.PacketConns,
+		UnclaimedExpired: s.UnclaimedExpired + o.UnclaimedExpired,
+		FallbackConns:    s.FallbackConns + o.FallbackConns,
+		PacketsReceived:  s.PacketsReceived + o.PacketsReceived,
+		BytesReceived:    s.BytesReceived + o.BytesReceived,
+		PacketsSent:      s.PacketsSent + o.PacketsSent,
+		BytesSent:        s.BytesSent + o.BytesSent,
+		WriteDrops:       s.WriteDrops + o.WriteDrops,
+		MultipathConns:   s.MultipathConns + o.MultipathConns,
 	}
 }

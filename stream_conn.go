@@ -22,7 +22,8 @@ type streamConn struct {
 	local     netip.Addr  // unmapped
 	pc        *packetConn // set once, when the connection is attached
 	multipath bool
-	wakeBytes [8]byte // an idle connection's read buffer (see awaitData)
+	entry     tableEntry // guarded by mux.mu (admission.go)
+	wakeBytes [8]byte    // an idle connection's read buffer (see awaitData)
 
 	// Reading. fr belongs to the connection's goroutine, or to the reader
 	// holding the lease (see packetQueue.direct). idleAt and lastReads
@@ -66,6 +67,8 @@ type streamConn struct {
 	writers  sync.WaitGroup
 }
 
+// newStreamConn wraps an accepted connection. It does not ask the
+// connection its addresses, which may wait on the peer: see learnAddrs.
 func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
 	c := &streamConn{
 		mux:    m,
@@ -77,11 +80,17 @@ func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
 	if m.params.WriteBufferSize > 0 {
 		c.wake = make(chan struct{}, 1)
 	}
-	c.remoteAP = unmapAddrPort(addrPortOf(conn.RemoteAddr()))
+	return c
+}
+
+// learnAddrs asks the connection its addresses, on its own goroutine and
+// under the first-frame deadline: a PROXY-protocol conn reads its header
+// to answer.
+func (c *streamConn) learnAddrs() {
+	c.remoteAP = unmapAddrPort(addrPortOf(c.conn.RemoteAddr()))
 	c.remote = net.TCPAddrFromAddrPort(c.remoteAP)
 	// Agents ask for a local IP without a zone, so the key drops it.
-	c.local = unmapAddrPort(addrPortOf(conn.LocalAddr())).Addr().WithZone("")
-	return c
+	c.local = unmapAddrPort(addrPortOf(c.conn.LocalAddr())).Addr().WithZone("")
 }
 
 // close closes the TCP connection; it does not detach it from its
@@ -93,8 +102,21 @@ func (c *streamConn) close() {
 		c.pending = nil
 		c.bmu.Unlock()
 		close(c.done)
-		_ = c.conn.Close()
+		closeNow(c.conn)
 	})
+}
+
+// closeNow closes conn without waiting on its peer. A TLS connection's
+// Close sends close_notify first, under a deadline of its own (5 s in
+// crypto/tls), which a peer that stopped reading makes it wait out: so the
+// connection underneath is closed first, and the alert fails at once.
+func closeNow(conn net.Conn) {
+	if wrapped, ok := conn.(interface{ NetConn() net.Conn }); ok {
+		if inner := wrapped.NetConn(); inner != nil {
+			closeNow(inner)
+		}
+	}
+	_ = conn.Close()
 }
 
 // fail removes a connection whose stream broke, quietly: the PacketConn
@@ -103,7 +125,7 @@ func (c *streamConn) fail(err error) {
 	if c.closed.Load() {
 		return
 	}
-	c.mux.log.Debugf("tcpmux: connection %s ended: %v", c.remoteAP, err)
+	c.mux.log.Debugf("connection %s ended: %v", c.remoteAP, err)
 	if c.pc != nil {
 		c.pc.removeConn(c)
 	}

@@ -51,14 +51,23 @@ func newPacketConn(m *TCPMuxDefault, ufrag string, key pcKey) *packetConn {
 }
 
 // acquire adds a handle. It fails if the PacketConn is already closing.
-func (pc *packetConn) acquire() bool {
+// The first one claims it: its connections can no longer be evicted, and
+// its queue gets the claimed bound. Called with the mux's mu held, which
+// guards table.
+func (pc *packetConn) acquire(table *admissionTable) bool {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	if pc.dead {
 		return false
 	}
 	pc.refs++
-	pc.claimed = true
+	if !pc.claimed {
+		pc.claimed = true
+		for _, c := range pc.conns {
+			table.claimed(c)
+		}
+		pc.queue.setMaxBytes(pc.mux.params.queueBytes())
+	}
 	if pc.expiry != nil {
 		pc.expiry.Stop()
 		pc.expiry = nil
@@ -116,7 +125,8 @@ func (pc *packetConn) expireUnclaimed() {
 	}
 	conns := pc.dieLocked()
 	pc.mu.Unlock()
-	pc.mux.log.Debugf("tcpmux: closing unclaimed ufrag %q after %v", pc.ufrag, pc.mux.params.AliveDurationForConnFromStun)
+	pc.mux.log.Debugf("closing unclaimed ufrag %q after %v", pc.ufrag, pc.mux.params.AliveDurationForConnFromStun)
+	pc.mux.stats.unclaimedGone.Add(1)
 	pc.teardown(conns)
 }
 
@@ -146,33 +156,35 @@ func (pc *packetConn) dieLocked() map[netip.AddrPort]*streamConn {
 }
 
 func (pc *packetConn) teardown(conns map[netip.AddrPort]*streamConn) {
-	pc.mux.forget(pc)
+	pc.mux.forget(pc, conns)
 	close(pc.done)
 	pc.queue.close()
 	for _, c := range conns {
-		pc.mux.stats.connDetached(c)
 		c.close()
 	}
 }
 
 // addConn attaches c. It fails if the PacketConn is closing or already has
-// a live connection from the same remote address.
-func (pc *packetConn) addConn(c *streamConn) (dead, duplicate bool) {
+// a live connection from the same remote address, and reports whether the
+// PacketConn is claimed. Called with the mux's mu held.
+func (pc *packetConn) addConn(c *streamConn) (dead, duplicate, claimed bool) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	if pc.dead {
-		return true, false
+		return true, false, false
 	}
 	if _, ok := pc.conns[c.remoteAP]; ok {
-		return false, true
+		return false, true, false
 	}
 	pc.conns[c.remoteAP] = c
 	c.pc = pc
 	pc.updateDirectLocked()
-	return false, false
+	return false, false, pc.claimed
 }
 
-// removeConn detaches c after its stream ended or broke.
+// removeConn detaches c after its stream ended or broke, or it was
+// evicted. An unclaimed PacketConn closes with its last connection: nobody
+// could answer its packets.
 func (pc *packetConn) removeConn(c *streamConn) {
 	pc.mu.Lock()
 	if pc.conns[c.remoteAP] != c {
@@ -180,9 +192,17 @@ func (pc *packetConn) removeConn(c *streamConn) {
 		return
 	}
 	delete(pc.conns, c.remoteAP)
-	pc.updateDirectLocked()
+	if len(pc.conns) > 0 || pc.claimed || pc.dead {
+		pc.updateDirectLocked()
+		pc.mu.Unlock()
+		pc.mux.forgetConns(c)
+		return
+	}
+	conns := pc.dieLocked()
 	pc.mu.Unlock()
-	pc.mux.stats.connDetached(c)
+	pc.mux.forgetConns(c)
+	pc.mux.stats.unclaimedGone.Add(1)
+	pc.teardown(conns)
 }
 
 func (pc *packetConn) connCount() int {
@@ -217,7 +237,7 @@ func (pc *packetConn) deliver(c *streamConn, p []byte) bool {
 func (pc *packetConn) push(c *streamConn, p []byte) bool {
 	retry := false
 	for {
-		ok, err := pc.queue.push(c, p, retry)
+		ok, err := pc.queue.push(c.remote, p, retry)
 		if err != nil {
 			return false
 		}
@@ -258,24 +278,21 @@ func newTCPPacketConn(pc *packetConn) *tcpPacketConn {
 // When the PacketConn has a single connection and nothing is queued, it
 // reads the frame from that connection's socket itself (direct_read.go).
 func (h *tcpPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	n, c, err := h.read(b)
-	if c == nil {
+	n, from, err := h.read(b)
+	if from == nil {
 		return n, nil, err
 	}
-	return n, c.remote, err
+	return n, from, err
 }
 
 // ReadFromAddrPort is ReadFrom returning a netip.AddrPort, for pion/ice's
 // allocation-free path.
 func (h *tcpPacketConn) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
-	n, c, err := h.read(b)
-	if c == nil {
-		return n, netip.AddrPort{}, err
-	}
-	return n, c.remoteAP, err
+	n, from, err := h.read(b)
+	return n, from.AddrPort(), err
 }
 
-func (h *tcpPacketConn) read(b []byte) (int, *streamConn, error) {
+func (h *tcpPacketConn) read(b []byte) (int, *net.TCPAddr, error) {
 	q := h.pc.queue
 	waiting := false
 	for {
@@ -288,7 +305,7 @@ func (h *tcpPacketConn) read(b []byte) (int, *streamConn, error) {
 			}
 			return 0, nil, h.opError("read", nil, os.ErrDeadlineExceeded)
 		}
-		n, c, res, err := q.pop(b, waiting, h)
+		n, from, c, res, err := q.pop(b, waiting, h)
 		waiting = false
 		switch res {
 		case popLease:
@@ -300,18 +317,18 @@ func (h *tcpPacketConn) read(b []byte) (int, *streamConn, error) {
 			q.returnLease(c)
 			switch err {
 			case nil:
-				return n, c, nil
+				return n, c.remote, nil
 			case errLeaseEnded:
 				continue
 			case io.ErrShortBuffer:
-				return 0, c, h.opError("read", c, err)
+				return 0, c.remote, h.opError("read", c.remote, err)
 			}
 			return 0, nil, h.opError("read", nil, err)
 		case popPacket:
 			if err != nil {
-				err = h.opError("read", c, err)
+				err = h.opError("read", from, err)
 			}
-			return n, c, err
+			return n, from, err
 		}
 		waiting = true
 		select {
@@ -378,12 +395,12 @@ func (pc *packetConn) isDead() bool {
 // opError keeps errors.Is working (net.ErrClosed, os.ErrDeadlineExceeded,
 // io.ErrShortBuffer) while telling which side failed. Errors are rare, so
 // the allocation is off the hot path.
-func (h *tcpPacketConn) opError(op string, c *streamConn, err error) error {
-	var remote net.Addr
-	if c != nil {
-		remote = c.remote
+func (h *tcpPacketConn) opError(op string, remote *net.TCPAddr, err error) error {
+	var addr net.Addr
+	if remote != nil {
+		addr = remote
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: h.pc.localAddr, Addr: remote, Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: h.pc.localAddr, Addr: addr, Err: err}
 }
 
 // Close releases this handle: its pending ReadFrom returns, and with the

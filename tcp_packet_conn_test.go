@@ -1630,7 +1630,7 @@ func TestQueueReaderGivingUpPassesWakeUp(t *testing.T) {
 	q := newPacketQueue(8, 1<<16)
 	buf := make([]byte, 16)
 	for range 2 { // readers A and B park
-		_, _, res, err := q.pop(buf, false, nil)
+		_, _, _, res, err := q.pop(buf, false, nil)
 		require.NoError(t, err)
 		require.Equal(t, popEmpty, res)
 	}
@@ -1644,7 +1644,7 @@ func TestQueueReaderGivingUpPassesWakeUp(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("the packet waits while reader B stays parked")
 	}
-	n, _, res, err := q.pop(buf, true, nil)
+	n, _, _, res, err := q.pop(buf, true, nil)
 	require.NoError(t, err)
 	require.Equal(t, popPacket, res)
 	require.Equal(t, "x", string(buf[:n]))

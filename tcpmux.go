@@ -89,11 +89,13 @@ type TCPMuxDefault struct {
 	stats    counters
 	sweeper  leaseSweeper
 
-	mu      sync.Mutex
-	closed  atomic.Bool // written under mu
-	done    chan struct{}
-	pending map[net.Conn]struct{}
-	conns   map[string]map[pcKey]*packetConn
+	// mu guards table, conns and the closing of done. Lock order: mu,
+	// then a packetConn's mu (see packetConn).
+	mu     sync.Mutex
+	closed atomic.Bool // written under mu
+	done   chan struct{}
+	table  admissionTable
+	conns  map[string]map[pcKey]*packetConn
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -107,8 +109,8 @@ var (
 
 // NewTCPMuxDefault starts serving params.Listener at once. Zero fields of
 // params take their documented defaults. If params fail Validate, the error
-// is logged and the returned mux is closed: GetConnByUfrag returns the
-// error.
+// is logged, the listener is closed (the mux owns it from the start) and
+// the returned mux is closed: GetConnByUfrag returns the error.
 func NewTCPMuxDefault(params TCPMuxParams) *TCPMuxDefault {
 	p := params.populateDefaults()
 	m := &TCPMuxDefault{
@@ -116,11 +118,14 @@ func NewTCPMuxDefault(params TCPMuxParams) *TCPMuxDefault {
 		log:      p.Logger,
 		listener: p.Listener,
 		done:     make(chan struct{}),
-		pending:  make(map[net.Conn]struct{}),
 		conns:    make(map[string]map[pcKey]*packetConn),
 	}
+	m.table = newAdmissionTable(&m.stats)
 	if err := params.Validate(); err != nil {
-		m.log.Errorf("tcpmux: not serving: %v", err)
+		m.log.Errorf("not serving: %v", err)
+		if p.Listener != nil {
+			_ = p.Listener.Close() // the mux owns it from the start
+		}
 		m.initErr = err
 		m.closed.Store(true)
 		close(m.done)
@@ -176,9 +181,9 @@ func (m *TCPMuxDefault) GetConnByUfrag(ufrag string, isIPv6 bool, local net.IP) 
 		return nil, ErrMuxClosed
 	}
 	pc := m.conns[ufrag][key]
-	if pc == nil || !pc.acquire() {
+	if pc == nil || !pc.acquire(&m.table) {
 		pc = m.newPacketConnLocked(ufrag, key)
-		pc.acquire()
+		pc.acquire(&m.table)
 	}
 	return newTCPPacketConn(pc), nil
 }
@@ -219,10 +224,7 @@ func (m *TCPMuxDefault) shutdown() error {
 	m.mu.Lock()
 	m.closed.Store(true)
 	close(m.done)
-	pending := make([]net.Conn, 0, len(m.pending))
-	for conn := range m.pending {
-		pending = append(pending, conn)
-	}
+	pending := m.table.pendingConns()
 	var pcs []*packetConn
 	for _, byKey := range m.conns {
 		for _, pc := range byKey {
@@ -235,8 +237,8 @@ func (m *TCPMuxDefault) shutdown() error {
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
-	for _, conn := range pending {
-		_ = conn.Close()
+	for _, c := range pending {
+		c.close() // their goroutines count them as Other
 	}
 	for _, pc := range pcs {
 		pc.close()
@@ -268,7 +270,7 @@ func (m *TCPMuxDefault) acceptLoop() {
 				return
 			}
 			backoff = min(max(2*backoff, minAcceptBackoff), maxAcceptBackoff)
-			m.log.Warnf("tcpmux: accept failed, retrying in %v: %v", backoff, err)
+			m.log.Warnf("accept failed, retrying in %v: %v", backoff, err)
 			if !m.sleep(backoff) {
 				return
 			}
@@ -292,43 +294,66 @@ func (m *TCPMuxDefault) sleep(d time.Duration) bool {
 	}
 }
 
-// startConn applies the admission limits and starts the connection's
-// goroutine, which reads the first frame and then every later one.
+// startConn admits a connection, evicting older ones if a limit is full
+// (admission.go), and starts its goroutine, which reads the first frame
+// and then every later one. It never waits on the peer: a wrapped conn's
+// addresses are asked for on the connection's own goroutine.
 func (m *TCPMuxDefault) startConn(conn net.Conn) {
-	p := &m.params
-	if (p.MaxConnections > 0 && m.stats.held.Load() >= int64(p.MaxConnections)) ||
-		(p.MaxPendingConnections > 0 && m.stats.pending.Load() >= int64(p.MaxPendingConnections)) {
-		m.log.Debugf("tcpmux: connection limit reached, closing %s", conn.RemoteAddr())
-		m.stats.reject(rejectLimit) // counted first: the peer may look at once
-		_ = conn.Close()
-		return
-	}
+	c := newStreamConn(m, conn)
+	src := sourceAtAccept(conn)
 	m.mu.Lock()
 	if m.closed.Load() {
 		m.mu.Unlock()
 		m.stats.reject(rejectOther)
-		_ = conn.Close()
+		c.close()
 		return
 	}
-	m.pending[conn] = struct{}{}
-	m.stats.held.Add(1)
-	m.stats.pending.Add(1)
+	evicted, refuse := m.table.admit(c, src, m.limits())
+	if refuse != rejectNone {
+		m.mu.Unlock()
+		m.stats.reject(refuse) // counted first: the peer may look at once
+		m.log.Debugf("connection refused: %v", refuse)
+		c.close()
+		return
+	}
 	m.wg.Add(1)
 	m.mu.Unlock()
-	go m.serveConn(conn, time.Now())
+	for _, victim := range evicted {
+		m.closeEvicted(victim)
+	}
+	go m.serveConn(c, time.Now())
 }
 
-func (m *TCPMuxDefault) serveConn(conn net.Conn, accepted time.Time) {
+func (m *TCPMuxDefault) limits() limits {
+	p := &m.params
+	return limits{maxHeld: p.MaxConnections, maxPending: p.MaxPendingConnections, maxPerSource: p.MaxConnectionsPerIP}
+}
+
+// closeEvicted closes a connection the table evicted: it leaves its
+// PacketConn (an unclaimed one closes with its last connection) and its
+// goroutine sees the stream end.
+func (m *TCPMuxDefault) closeEvicted(c *streamConn) {
+	m.log.Debugf("connection evicted to make room")
+	if c.pc != nil { // set under mu before the eviction, never changed
+		c.pc.removeConn(c)
+	}
+	c.close()
+}
+
+func (m *TCPMuxDefault) serveConn(c *streamConn, accepted time.Time) {
 	defer m.wg.Done()
 	// The deadline comes first: a wrapped conn such as a PROXY-protocol
 	// one may read from the network to learn its addresses.
-	deadlineErr := conn.SetReadDeadline(accepted.Add(m.params.FirstStunBindTimeout))
-	c := newStreamConn(m, conn)
-	if deadlineErr != nil {
+	if err := c.conn.SetReadDeadline(accepted.Add(m.params.FirstStunBindTimeout)); err != nil {
 		m.reject(c, rejectOther)
 		return
 	}
-	fr := NewFrameReader(conn, MaxFirstFrameSize)
+	c.learnAddrs()
+	if verdict := m.learnSource(c); verdict != rejectNone {
+		m.reject(c, verdict)
+		return
+	}
+	fr := NewFrameReader(c.conn, m.params.MaxFirstFrameSize)
 	frame, ufrag, verdict := m.readFirstFrame(c, fr)
 	switch verdict {
 	case rejectNone:
@@ -353,8 +378,21 @@ func (m *TCPMuxDefault) serveConn(conn net.Conn, accepted time.Time) {
 	c.waitWriters()
 }
 
-// handedOver is the verdict for a connection given to the fallback
-// listener: neither admitted nor rejected.
+// learnSource counts a connection whose address was unknown at accept
+// under its real source, now that its RemoteAddr is known.
+func (m *TCPMuxDefault) learnSource(c *streamConn) rejectReason {
+	src := sourceOf(c.remoteAP.Addr())
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	held, refuse := m.table.learnSource(c, src, m.params.MaxConnectionsPerIP)
+	if !held {
+		return rejectOther // evicted meanwhile: reject counts nothing
+	}
+	return refuse
+}
+
+// handedOver is the verdict for a connection that handOver dealt with:
+// given to the fallback listener, or closed and counted there.
 const handedOver = rejectReason(255)
 
 // readFirstFrame reads and validates the first frame under the
@@ -408,7 +446,7 @@ func (m *TCPMuxDefault) attach(c *streamConn, ufrag []byte) rejectReason {
 	c.multipath = isMultipath(c.conn)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed.Load() {
+	if m.closed.Load() || !c.entry.in { // closing, or evicted meanwhile
 		return rejectOther
 	}
 	byKey := m.conns[string(ufrag)]
@@ -421,19 +459,16 @@ func (m *TCPMuxDefault) attach(c *streamConn, ufrag []byte) rejectReason {
 			pc = m.newPacketConnLocked(string(ufrag), key)
 			pc.startExpiry()
 		}
-		dead, duplicate := pc.addConn(c)
+		dead, duplicate, claimed := pc.addConn(c)
 		if duplicate {
 			return rejectOther
 		}
 		if !dead {
-			break
+			m.table.attach(c, claimed)
+			return rejectNone
 		}
 		pc = nil
 	}
-	delete(m.pending, c.conn)
-	m.stats.pending.Add(-1)
-	m.stats.connAttached(c)
-	return rejectNone
 }
 
 func attachedCount(byKey map[pcKey]*packetConn) int {
@@ -459,10 +494,14 @@ func (m *TCPMuxDefault) newPacketConnLocked(ufrag string, key pcKey) *packetConn
 }
 
 // forget unregisters a closing PacketConn, leaving any newer one of the
-// same key in place.
-func (m *TCPMuxDefault) forget(pc *packetConn) {
+// same key in place, and ends the accounting of the connections closing
+// with it.
+func (m *TCPMuxDefault) forget(pc *packetConn, conns map[netip.AddrPort]*streamConn) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	for _, c := range conns {
+		m.table.drop(c)
+	}
 	m.stats.packetConns.Add(-1)
 	byKey := m.conns[pc.ufrag]
 	if byKey[pc.key] != pc {
@@ -474,16 +513,29 @@ func (m *TCPMuxDefault) forget(pc *packetConn) {
 	}
 }
 
-// reject closes a connection that was not admitted and counts why.
+// reject closes a connection that was not admitted and counts why, unless
+// its accounting closed already (evicted).
 func (m *TCPMuxDefault) reject(c *streamConn, reason rejectReason) {
 	m.mu.Lock()
-	delete(m.pending, c.conn)
+	counted := m.table.drop(c)
+	if counted {
+		m.stats.reject(reason)
+	}
 	m.mu.Unlock()
-	m.stats.pending.Add(-1)
-	m.stats.held.Add(-1)
-	m.stats.reject(reason)
-	m.log.Debugf("tcpmux: rejected connection from %s: %v", c.remoteAP, reason)
+	if counted {
+		m.log.Debugf("rejected connection from %s: %v", c.remoteAP, reason)
+	}
 	c.close()
+}
+
+// forgetConns ends the accounting of connections that leave on their own
+// account (ended, failed, removed, closed with their PacketConn).
+func (m *TCPMuxDefault) forgetConns(conns ...*streamConn) {
+	m.mu.Lock()
+	for _, c := range conns {
+		m.table.drop(c)
+	}
+	m.mu.Unlock()
 }
 
 // String describes the mux for logs.

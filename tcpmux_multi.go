@@ -64,6 +64,18 @@ func (m *MultiTCPMuxDefault) RemoveConnByUfrag(ufrag string) {
 	}
 }
 
+// Stats sums the counters of the muxes that have a Stats() Stats method;
+// others count nothing.
+func (m *MultiTCPMuxDefault) Stats() Stats {
+	var sum Stats
+	for _, mux := range m.muxes {
+		if s, ok := mux.(interface{ Stats() Stats }); ok {
+			sum = sum.add(s.Stats())
+		}
+	}
+	return sum
+}
+
 // Close closes every mux and returns their errors joined.
 func (m *MultiTCPMuxDefault) Close() error {
 	errs := make([]error, 0, len(m.muxes))

@@ -106,7 +106,7 @@ func username(r RejectedStats) uint64 { return r.Username }
 
 // SPEC 1: an oversized first frame is rejected from its header alone.
 func TestFirstFrameTooLargeRejectedAtHeader(t *testing.T) {
-	for _, size := range []int{MaxFirstFrameSize + 1, MaxFramePayload} {
+	for _, size := range []int{DefaultMaxFirstFrameSize + 1, MaxFramePayload} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			m := newTestMux(t, TCPMuxParams{})
 			client := dial(t, m, nil)
@@ -136,7 +136,7 @@ func paddedRequest(t testing.TB, ufrag string, size int) []byte {
 func TestFirstFrameLegalSizes(t *testing.T) {
 	m := newTestMux(t, TCPMuxParams{})
 	long := strings.Repeat("u", 256)
-	for _, first := range [][]byte{bindingRequest(t, long), paddedRequest(t, "max", MaxFirstFrameSize)} {
+	for _, first := range [][]byte{bindingRequest(t, long), paddedRequest(t, "max", DefaultMaxFirstFrameSize)} {
 		ufrag, reason := parseBindingRequest(first)
 		require.Equal(t, rejectNone, reason)
 		pc := getConn(t, m, string(ufrag))
@@ -423,21 +423,37 @@ func TestBackPressureLosesNothing(t *testing.T) {
 // SPEC 2: a connection over a limit is closed at once and counted; serving
 // goes on.
 func TestConnectionLimits(t *testing.T) {
-	t.Run("MaxPendingConnections", func(t *testing.T) {
+	t.Run("MaxPendingConnections evicts the oldest pending", func(t *testing.T) {
 		m := newTestMux(t, TCPMuxParams{MaxPendingConnections: 2})
-		dial(t, m, nil)
+		oldest := dial(t, m, nil)
+		eventually(t, func() bool { return m.Stats().ConnsPending == 1 }, "one pending")
 		dial(t, m, nil)
 		eventually(t, func() bool { return m.Stats().ConnsPending == 2 }, "two pending")
-		waitClosedByPeer(t, dial(t, m, nil), time.Second)
-		require.Equal(t, uint64(1), m.Stats().Rejected.Limit)
+		newcomer := dial(t, m, nil)
+		waitClosedByPeer(t, oldest, time.Second)
+		s := m.Stats()
+		require.Equal(t, uint64(1), s.Rejected.Evicted)
+		require.Zero(t, s.Rejected.Limit)
+		require.Equal(t, 2, s.ConnsPending)
+		_, err := newcomer.Write(frame(bindingRequest(t, "srv")))
+		require.NoError(t, err)
+		pc := getConn(t, m, "srv")
+		readPacket(t, pc) // the newcomer was admitted
 	})
-	t.Run("MaxConnections", func(t *testing.T) {
+	t.Run("MaxConnections evicts only evictable connections", func(t *testing.T) {
 		m := newTestMux(t, TCPMuxParams{MaxConnections: 2})
 		pc := getConn(t, m, "srv")
 		dialUfrag(t, m, "srv")
-		dial(t, m, nil)
+		pending := dial(t, m, nil)
 		readPacket(t, pc)
 		eventually(t, func() bool { s := m.Stats(); return s.ConnsActive == 1 && s.ConnsPending == 1 }, "one of each")
+		dialUfrag(t, m, "srv") // evicts the pending one, not the claimed one
+		waitClosedByPeer(t, pending, time.Second)
+		readPacket(t, pc)
+		eventually(t, func() bool { return m.Stats().ConnsActive == 2 }, "two attached")
+		require.Equal(t, uint64(1), m.Stats().Rejected.Evicted)
+		// Both held connections belong to a claimed PacketConn: a
+		// newcomer is refused.
 		waitClosedByPeer(t, dialUfrag(t, m, "srv"), time.Second)
 		require.Equal(t, uint64(1), m.Stats().Rejected.Limit)
 	})

@@ -245,7 +245,7 @@ var (
 func (c *streamConn) readDirect(h *tcpPacketConn, b []byte) (int, error) {
 	for {
 		if !c.fr.hasFrame() {
-			if c.fr.buf == nil {
+			if c.fr.parked {
 				return 0, errLeaseIdle
 			}
 			if err := c.armDirectRead(h); err != nil {
@@ -302,7 +302,7 @@ func (c *streamConn) directIdleCheck() {
 	switch {
 	case now.Before(c.idleAt):
 	case c.readNothingSinceCheck():
-		c.fr.release()
+		c.fr.park()
 	default:
 		c.scheduleIdleCheck(now)
 	}

@@ -67,7 +67,11 @@ const (
 // FrameReader reads RFC 4571 frames from a stream. It reads as many bytes as
 // the stream has ready, so a burst of small frames costs one Read, and never
 // holds more than one maximal frame plus a batch (about 128 KiB) however the
-// peer behaves. It is not safe for concurrent use.
+// peer behaves. Its memory follows the bytes that arrived, not the lengths
+// headers announce: it allocates nothing until the first bytes come, and
+// grows at most to twice what it holds, so a header announcing 65535 bytes
+// followed by silence costs a small buffer. It is not safe for concurrent
+// use.
 type FrameReader struct {
 	r          io.Reader
 	maxPayload int
@@ -77,13 +81,18 @@ type FrameReader struct {
 	shrinkWait int    // light reads before a shrink; 0: shrinkAfterReads
 	shrunk     bool   // the last resize was a shrink
 	reads      uint64 // Reads that returned data, for idleness checks
+	// parked: the reader holds no buffer, only the unread bytes of a
+	// partial frame, if any; its next Read takes a few bytes into probe
+	// and only then allocates. A new reader starts parked.
+	parked bool
+	probe  [8]byte
 }
 
 // NewFrameReader returns a FrameReader on r that rejects frames whose header
 // announces more than maxPayload bytes. maxPayload <= 0 or over
 // MaxFramePayload means MaxFramePayload.
 func NewFrameReader(r io.Reader, maxPayload int) *FrameReader {
-	fr := &FrameReader{r: r}
+	fr := &FrameReader{r: r, parked: true}
 	fr.SetMaxPayload(maxPayload)
 	return fr
 }
@@ -157,6 +166,9 @@ func (fr *FrameReader) Buffered() []byte {
 
 // fill makes room for need unread bytes and does one Read.
 func (fr *FrameReader) fill(need int) error {
+	if fr.parked {
+		return fr.fillParked()
+	}
 	fr.makeRoom(need)
 	space := len(fr.buf) - fr.end
 	n, err := fr.r.Read(fr.buf[fr.end:])
@@ -174,7 +186,26 @@ func (fr *FrameReader) fill(need int) error {
 	return err
 }
 
+// fillParked reads a few bytes without a buffer, then takes a buffer for
+// them: a reader waiting for data costs nothing until data comes.
+func (fr *FrameReader) fillParked() error {
+	n, err := fr.r.Read(fr.probe[:])
+	if n > 0 {
+		fr.reads++
+		fr.parked = false
+		fr.makeRoom(fr.end - fr.start + n)
+		fr.end += copy(fr.buf[fr.end:], fr.probe[:n])
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
 // makeRoom ensures buf[start:] can hold need bytes, compacting or growing.
+// It grows toward need at most to twice the bytes held (and at least to
+// minReadBuffer): a peer must send bytes to make the buffer grow.
 func (fr *FrameReader) makeRoom(need int) {
 	if fr.start == fr.end {
 		fr.start, fr.end = 0, 0
@@ -182,16 +213,12 @@ func (fr *FrameReader) makeRoom(need int) {
 	if fr.start+need <= len(fr.buf) && fr.end < len(fr.buf) {
 		return
 	}
-	size := len(fr.buf)
-	if size == 0 {
-		size = minReadBuffer
-	}
-	for size < need {
+	earned := max(minReadBuffer, 2*(fr.end-fr.start))
+	size := max(len(fr.buf), minReadBuffer)
+	for size < need && size < earned {
 		size *= 2
 	}
-	if size > maxReadBuffer {
-		size = maxReadBuffer
-	}
+	size = min(size, maxReadBuffer)
 	if size != len(fr.buf) {
 		fr.resize(size)
 		return
@@ -223,17 +250,18 @@ func (fr *FrameReader) adapt(n, space, need int) {
 	}
 }
 
-// release drops the buffer of a reader with no unread bytes; the next
-// read allocates a small one again.
-func (fr *FrameReader) release() {
-	fr.buf, fr.start, fr.end, fr.lightReads = nil, 0, 0, 0
-	fr.shrinkWait, fr.shrunk = 0, false
-}
-
-// seed gives an empty reader bytes read from the stream by someone else.
-func (fr *FrameReader) seed(p []byte) {
-	fr.makeRoom(len(p))
-	fr.end += copy(fr.buf[fr.end:], p)
+// park gives the buffer up, keeping only the unread bytes (a partial
+// frame) in a slice of their size, until data comes (see parked).
+func (fr *FrameReader) park() {
+	if fr.parked {
+		return
+	}
+	var unread []byte
+	if fr.end > fr.start {
+		unread = append([]byte(nil), fr.buf[fr.start:fr.end]...)
+	}
+	fr.buf, fr.start, fr.end, fr.lightReads = unread, 0, len(unread), 0
+	fr.shrinkWait, fr.shrunk, fr.parked = 0, false, true
 }
 
 func (fr *FrameReader) resize(size int) {

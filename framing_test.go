@@ -293,8 +293,9 @@ func (r *headerOnlyReader) Read(p []byte) (int, error) {
 		return 0, errors.New("read beyond the oversized header")
 	}
 	n := copy(p, r.chunks[0])
-	require.Equal(r.t, len(r.chunks[0]), n, "test reader chunk does not fit")
-	r.chunks = r.chunks[1:]
+	if r.chunks[0] = r.chunks[0][n:]; len(r.chunks[0]) == 0 {
+		r.chunks = r.chunks[1:]
+	}
 	return n, nil
 }
 
@@ -420,7 +421,8 @@ func TestFrameReaderBuffered(t *testing.T) {
 	p, err := fr.Next()
 	require.NoError(t, err)
 	assert.Equal(t, []byte("abc"), p)
-	assert.Equal(t, stream[5:], fr.Buffered())
+	// A new reader reads a few bytes (its probe) before it allocates.
+	assert.Equal(t, stream[5:len(fr.probe)], fr.Buffered())
 
 	_, err = fr.Next()
 	require.NoError(t, err)
@@ -735,3 +737,32 @@ func FuzzFrameReader(f *testing.F) {
 		require.LessOrEqual(t, len(fr.buf), maxReadBuffer)
 	})
 }
+
+// SPEC 8: the buffer follows the bytes that arrived, not the length a
+// header announces; a parked reader keeps only a partial frame's bytes.
+func TestFrameReaderMemoryFollowsBytes(t *testing.T) {
+	announced := []byte{0xff, 0xff, 'x'} // 65535 bytes announced, one sent
+	fr := NewFrameReader(io.MultiReader(bytes.NewReader(announced), &blockingReader{}), 0)
+	require.Nil(t, fr.buf, "nothing allocated before the first bytes")
+	_, err := fr.Next()
+	require.ErrorIs(t, err, errBlocked)
+	require.LessOrEqual(t, cap(fr.buf), minReadBuffer, "grew on an announcement")
+
+	fr.park()
+	require.LessOrEqual(t, cap(fr.buf), 8, "a parked reader holds only the partial frame")
+	require.Equal(t, announced, fr.Buffered())
+
+	// Bytes that do come make it grow, in steps, to the whole frame.
+	payload := pattern(MaxFramePayload, 3)
+	fr.r = io.MultiReader(bytes.NewReader(payload[1:]))
+	p, err := fr.Next()
+	require.NoError(t, err)
+	require.Equal(t, append([]byte{'x'}, payload[1:]...), p)
+}
+
+var errBlocked = errors.New("would block")
+
+// blockingReader stands for a peer that went silent.
+type blockingReader struct{}
+
+func (*blockingReader) Read([]byte) (int, error) { return 0, errBlocked }

@@ -3,7 +3,6 @@ package tcpmux
 import (
 	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -23,7 +22,6 @@ type streamConn struct {
 	pc        *packetConn // set once, when the connection is attached
 	multipath bool
 	entry     tableEntry // guarded by mux.mu (admission.go)
-	wakeBytes [8]byte    // an idle connection's read buffer (see awaitData)
 
 	// Reading. fr belongs to the connection's goroutine, or to the reader
 	// holding the lease (see packetQueue.direct). idleAt and lastReads
@@ -45,22 +43,26 @@ type streamConn struct {
 	done      chan struct{}
 	closeOnce sync.Once
 
-	// Synchronous writes: wsem serialises whole frames; wbuf holds header
-	// and payload so that each frame is one Write.
+	// Synchronous writes: wsem serialises whole frames and guards what
+	// follows. A frame is copied with its header into wbuf, so that it is
+	// one Write, except a large one on a TCP socket, written from the
+	// caller's buffer with writev (iov): a plain connection never keeps a
+	// large buffer. An idle connection drops wbuf (awaitData).
 	wsem chan struct{}
 	wbuf []byte
+	hdr  [FrameHeaderSize]byte
+	iov  [2][]byte
 	// The socket's write deadline is the deadline of the handle writing
 	// now (owner), so that handles keep deadlines of their own.
 	dlmu  sync.Mutex
 	owner *tcpPacketConn
 	wdl   time.Time // the write deadline last set on conn
 
-	// Buffered writes (WriteBufferSize > 0): frames are appended to pending
-	// and a flusher goroutine, alive only while pending is not empty, writes
-	// them in as few Writes as possible.
+	// Buffered writes (WriteBufferSize > 0): frames are appended to queued
+	// and a flusher goroutine, alive only while frames are queued (and a
+	// linger after), writes them from there in as few Writes as possible.
 	bmu      sync.Mutex
-	pending  []byte
-	spare    []byte
+	queued   writeRing
 	flushing bool
 	idle     bool          // the flusher waits for frames on wake
 	wake     chan struct{} // one token: frames were queued for an idle flusher
@@ -99,7 +101,7 @@ func (c *streamConn) close() {
 	c.closeOnce.Do(func() {
 		c.bmu.Lock()
 		c.closed.Store(true)
-		c.pending = nil
+		c.queued.release()
 		c.bmu.Unlock()
 		close(c.done)
 		closeNow(c.conn)
@@ -171,11 +173,11 @@ func (c *streamConn) readLoop() {
 }
 
 // resumeReading takes the socket back from readers. A connection they
-// left idle (no buffer) waits for data; one taken back while busy keeps
-// its buffer and its idle check, so a reader pausing between reads costs
-// no reallocation.
+// left idle (parked) waits for data; one taken back while busy keeps its
+// buffer and its idle check, so a reader pausing between reads costs no
+// reallocation.
 func (c *streamConn) resumeReading() bool {
-	if c.fr.buf == nil {
+	if c.fr.parked {
 		return c.activate()
 	}
 	if now := time.Now(); c.idleAt.After(now) {
@@ -186,11 +188,11 @@ func (c *streamConn) resumeReading() bool {
 	return true
 }
 
-// activate gets the goroutine's reading going: an empty reader waits for
-// data without a buffer, then the idle check is armed. It reports false if
-// the stream ended.
+// activate gets the goroutine's reading going: a reader with nothing
+// buffered, or parked, waits for data without a buffer, then the idle check
+// is armed. It reports false if the stream ended.
 func (c *streamConn) activate() bool {
-	if c.fr.start == c.fr.end && !c.awaitData() {
+	if (c.fr.parked || c.fr.start == c.fr.end) && !c.awaitData() {
 		return false
 	}
 	c.armIdleCheck(time.Now())
@@ -212,10 +214,11 @@ func (c *streamConn) scheduleIdleCheck(now time.Time) {
 }
 
 // readNothingSinceCheck reports whether the socket gave no data since the
-// idle check was scheduled and nothing is buffered: the connection is
-// idle.
+// idle check was scheduled: the connection is idle, even if a partial frame
+// is buffered (a peer that announced a large frame and went silent holds
+// no buffer either).
 func (c *streamConn) readNothingSinceCheck() bool {
-	return c.fr.reads == c.lastReads && c.fr.start == c.fr.end
+	return c.fr.reads == c.lastReads
 }
 
 // pastIdleCheck handles the goroutine's read deadline: a connection that
@@ -228,7 +231,9 @@ func (c *streamConn) pastIdleCheck() bool {
 		c.setReadDeadline(c.idleAt)
 		return true
 	case c.readNothingSinceCheck():
-		return c.activate()
+		if !c.awaitData() {
+			return false
+		}
 	}
 	c.armIdleCheck(now)
 	return true
@@ -239,24 +244,18 @@ func (c *streamConn) pastIdleCheck() bool {
 // packet.
 const idleBufferLinger = 2 * time.Second
 
-// awaitData releases the read buffer of a caught-up reader and blocks in a
-// Read of a few bytes kept in the connection itself, so an idle connection
-// costs a parked goroutine and little else. The bytes read seed a new
-// buffer. A timeout is a reader asking for the socket (requestLeaseLocked)
-// and returns with no data. It reports false, having removed the
-// connection, if the stream ended.
+// awaitData parks the reader (its buffer is released, a partial frame
+// kept), drops the write buffer, and blocks in a Read of a few bytes, so an idle connection costs a
+// parked goroutine and little else. A timeout is a reader asking for the
+// socket (requestLeaseLocked) and returns with no data. It reports false,
+// having removed the connection, if the stream ended.
 func (c *streamConn) awaitData() bool {
-	c.fr.release()
+	c.fr.park()
+	c.dropIdleWriteBuffer()
 	c.pc.queue.lenderIdle(c)
 	c.setReadDeadline(time.Time{})
-	n, err := c.conn.Read(c.wakeBytes[:])
-	switch {
-	case n > 0:
-		c.fr.seed(c.wakeBytes[:n])
-		return true
-	case err == nil:
-		err = io.ErrNoProgress
-	case isTimeout(err):
+	err := c.fr.fill(FrameHeaderSize)
+	if err == nil || isTimeout(err) {
 		return true
 	}
 	c.fail(err)
@@ -355,9 +354,7 @@ func (c *streamConn) writeLocked(p []byte, h *tcpPacketConn) (int, error) {
 	if !deadline.IsZero() && !time.Now().Before(deadline) {
 		return 0, os.ErrDeadlineExceeded
 	}
-	c.wbuf = binary.BigEndian.AppendUint16(c.wbuf[:0], uint16(len(p)))
-	c.wbuf = append(c.wbuf, p...)
-	n, err := c.conn.Write(c.wbuf)
+	n, err := c.writeOnce(p)
 	if err == nil {
 		return len(p), nil
 	}
@@ -379,6 +376,40 @@ func (c *streamConn) writeLocked(p []byte, h *tcpPacketConn) (int, error) {
 	return 0, &net.OpError{Op: "write", Net: "tcp", Addr: c.remote, Err: err}
 }
 
+// copiedFrameLimit is the largest payload writeOnce copies: above it, a
+// TCP socket gets header and payload in one writev instead.
+const copiedFrameLimit = 2 << 10
+
+// writeOnce writes p's frame with a single Write (or writev), so that a
+// frame is never split between writers. Called with wsem held.
+func (c *streamConn) writeOnce(p []byte) (int, error) {
+	if tcp, ok := c.conn.(*net.TCPConn); ok && len(p) > copiedFrameLimit {
+		binary.BigEndian.PutUint16(c.hdr[:], uint16(len(p)))
+		c.iov = [2][]byte{c.hdr[:], p}
+		vec := net.Buffers(c.iov[:])
+		n, err := vec.WriteTo(tcp)
+		c.iov = [2][]byte{} // keeps no reference to p
+		return int(n), err
+	}
+	if need := FrameHeaderSize + len(p); need > cap(c.wbuf) {
+		c.wbuf = make([]byte, 0, max(need, minWriteBuffer))
+	}
+	c.wbuf = binary.BigEndian.AppendUint16(c.wbuf[:0], uint16(len(p)))
+	c.wbuf = append(c.wbuf, p...)
+	return c.conn.Write(c.wbuf)
+}
+
+// dropIdleWriteBuffer releases the synchronous write buffer of a
+// connection that went idle, unless a write is in progress.
+func (c *streamConn) dropIdleWriteBuffer() {
+	select {
+	case c.wsem <- struct{}{}:
+		c.wbuf = nil
+		<-c.wsem
+	default:
+	}
+}
+
 // isTimeout reports a timeout without allocating in the common cases (an
 // interrupted Read is routine on the direct read path).
 func isTimeout(err error) bool {
@@ -398,16 +429,11 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 		c.bmu.Unlock()
 		return 0, ErrConnClosed
 	}
-	if len(c.pending)+FrameHeaderSize+len(p) > c.mux.params.WriteBufferSize {
+	if !c.queued.push(p, c.mux.params.WriteBufferSize) {
 		c.bmu.Unlock()
 		c.mux.stats.writeDrops.Add(1)
 		return 0, ErrWriteBufferFull
 	}
-	if need := len(c.pending) + FrameHeaderSize + len(p); need > cap(c.pending) {
-		c.pending = growWriteBuffer(c.pending, need, c.mux.params.WriteBufferSize)
-	}
-	c.pending = binary.BigEndian.AppendUint16(c.pending, uint16(len(p)))
-	c.pending = append(c.pending, p...)
 	start := !c.flushing
 	if start {
 		c.flushing = true
@@ -424,27 +450,12 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// minWriteBuffer is the first capacity of a write buffer.
-const minWriteBuffer = 2 << 10
-
-// growWriteBuffer returns b with room for need bytes, quadrupling, never
-// past limit. A buffer only grows while the socket lags behind WriteTo, so
-// it should get to the size it needs in few steps: append grows large
-// slices by a quarter, dozens of reallocations on the way to a 1 MiB
-// WriteBufferSize.
-func growWriteBuffer(b []byte, need, limit int) []byte {
-	size := min(max(4*cap(b), need, minWriteBuffer), max(limit, need))
-	grown := make([]byte, len(b), size)
-	copy(grown, b)
-	return grown
-}
-
 // flusherLinger is how long a flusher waits for more frames before it
 // exits. Starting a goroutine allocates, so a connection with steady
 // traffic keeps its flusher and one that falls idle gives it up.
 const flusherLinger = 2 * time.Second
 
-// flush writes pending frames, waits up to flusherLinger for more, then
+// flush writes queued frames, waits up to flusherLinger for more, then
 // exits.
 func (c *streamConn) flush() {
 	defer c.writers.Done()
@@ -457,7 +468,7 @@ func (c *streamConn) flush() {
 			c.bmu.Unlock()
 			return
 		}
-		if len(c.pending) == 0 {
+		if c.queued.used == 0 {
 			c.idle = true
 			c.bmu.Unlock()
 			if !c.waitForFrames(linger) {
@@ -465,11 +476,15 @@ func (c *streamConn) flush() {
 			}
 			continue
 		}
-		buf := c.pending
-		c.pending = c.spare[:0]
+		// Writers append behind these bytes meanwhile, never over them.
+		front := c.queued.front()
 		c.bmu.Unlock()
-		_, err := c.conn.Write(buf)
-		c.spare = buf[:0] // kept while the flusher lives: no regrowth per burst
+		n, err := c.conn.Write(front)
+		c.bmu.Lock()
+		if !c.closed.Load() {
+			c.queued.consume(n)
+		}
+		c.bmu.Unlock()
 		if err != nil {
 			c.fail(err)
 		}
@@ -489,12 +504,12 @@ func (c *streamConn) waitForFrames(linger *time.Timer) bool {
 	}
 	c.bmu.Lock()
 	defer c.bmu.Unlock()
-	if len(c.pending) > 0 && !c.closed.Load() {
+	if c.queued.used > 0 && !c.closed.Load() {
 		c.idle = false
 		return true
 	}
 	c.flushing, c.idle = false, false
-	c.pending, c.spare = nil, nil // an idle connection keeps no write buffer
+	c.queued.release() // an idle connection keeps no write buffer
 	return false
 }
 

@@ -44,7 +44,7 @@ func newPacketConn(m *TCPMuxDefault, ufrag string, key pcKey) *packetConn {
 		ufrag:     ufrag,
 		key:       key,
 		localAddr: &net.TCPAddr{IP: key.local.AsSlice(), Port: m.port, Zone: key.local.Zone()},
-		queue:     newPacketQueue(m.params.ReadBufferSize, m.params.queueBytes()),
+		queue:     newPacketQueue(m.params.ReadBufferSize, UnclaimedQueueBytes), // until claimed (acquire)
 		done:      make(chan struct{}),
 		conns:     make(map[netip.AddrPort]*streamConn),
 	}

@@ -1676,23 +1676,44 @@ func TestWriteDeadlineStaysWithItsHandle(t *testing.T) {
 	pcRequireTimeout(t, <-result, "h1's own deadline reaches its blocked write")
 }
 
-// Buffered writes grow their buffer geometrically up to WriteBufferSize, so
-// a connection reaches a large buffer in a few allocations, and never past
-// the limit.
-func TestWriteBufferGrowsGeometrically(t *testing.T) {
+// Buffered writes grow their ring geometrically up to WriteBufferSize, so
+// a connection reaches a large buffer in a few allocations, never past the
+// limit, and frames come out in order across the wrap.
+func TestWriteRingGrowsGeometrically(t *testing.T) {
 	const limit = 1 << 20
-	frameLen := FrameHeaderSize + 1200
-	var b []byte
-	grows := 0
-	for len(b)+frameLen <= limit {
-		if need := len(b) + frameLen; need > cap(b) {
-			b = growWriteBuffer(b, need, limit)
-			grows++
+	payload := make([]byte, 1200)
+	var r writeRing
+	grows, size := 0, 0
+	for r.push(payload, limit) {
+		if len(r.buf) != size {
+			grows, size = grows+1, len(r.buf)
 		}
-		b = append(b, make([]byte, frameLen)...)
-		require.LessOrEqual(t, cap(b), limit)
+		require.LessOrEqual(t, len(r.buf), limit)
 	}
 	require.LessOrEqual(t, grows, 6, "2 KiB to 1 MiB by quadrupling")
-	require.Equal(t, limit, cap(b))
-	require.Equal(t, 70000, cap(growWriteBuffer(nil, 70000, 1000)), "a frame over the limit still fits")
+	require.Equal(t, limit, len(r.buf))
+	require.Greater(t, r.used+FrameHeaderSize+len(payload), limit, "push refused a frame that fit")
+}
+
+func TestWriteRingWrapsInOrder(t *testing.T) {
+	const limit = 64
+	var r writeRing
+	var sent, want []byte
+	for i := range 200 {
+		p := pattern(i%20, byte(i))
+		for !r.push(p, limit) { // full: the "socket" takes a few bytes
+			front := r.front()
+			n := min(len(front), 7)
+			sent = append(sent, front[:n]...)
+			r.consume(n)
+		}
+		want = append(want, frame(p)...)
+		require.LessOrEqual(t, len(r.buf), limit)
+	}
+	for r.used > 0 {
+		front := r.front()
+		sent = append(sent, front...)
+		r.consume(len(front))
+	}
+	require.Equal(t, want, sent)
 }

@@ -52,6 +52,7 @@ type streamConn struct {
 	wbuf []byte
 	hdr  [FrameHeaderSize]byte
 	iov  [2][]byte
+	vec  net.Buffers
 	// The socket's write deadline is the deadline of the handle writing
 	// now (owner), so that handles keep deadlines of their own.
 	dlmu  sync.Mutex
@@ -386,8 +387,8 @@ func (c *streamConn) writeOnce(p []byte) (int, error) {
 	if tcp, ok := c.conn.(*net.TCPConn); ok && len(p) > copiedFrameLimit {
 		binary.BigEndian.PutUint16(c.hdr[:], uint16(len(p)))
 		c.iov = [2][]byte{c.hdr[:], p}
-		vec := net.Buffers(c.iov[:])
-		n, err := vec.WriteTo(tcp)
+		c.vec = c.iov[:] // a field: a local would escape, allocating
+		n, err := c.vec.WriteTo(tcp)
 		c.iov = [2][]byte{} // keeps no reference to p
 		return int(n), err
 	}

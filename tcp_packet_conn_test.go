@@ -1553,75 +1553,82 @@ func TestUfragReusableAtOnceAfterClose(t *testing.T) {
 // SPEC 7: no allocation per packet.
 
 func TestPacketConnRoundTripAllocs(t *testing.T) {
-	for _, mode := range pcWriteModes {
-		for _, api := range []string{"ReadFrom+WriteTo", "ReadFromAddrPort+WriteToAddrPort"} {
-			t.Run(mode.name+"/"+api, func(t *testing.T) {
-				_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{WriteBufferSize: mode.writeBufferSize})
-				apc := pc.(pcAddrPortConn)
-				payload := pcSeqPayload(1, 1, 1200)
-				out := frame(payload)
-				in := make([]byte, len(out))
-				buf := make([]byte, 1500)
-				require.NoError(t, pc.SetReadDeadline(time.Now().Add(time.Minute)))
-				require.NoError(t, client.SetReadDeadline(time.Now().Add(time.Minute)))
-				var failed error
-				roundTrip := func() {
-					if failed != nil {
-						return
-					}
-					if _, failed = client.Write(out); failed != nil {
-						return
-					}
-					var n int
-					if api == "ReadFrom+WriteTo" {
-						var from net.Addr
-						if n, from, failed = pc.ReadFrom(buf); failed != nil {
-							return
-						}
-						if _, failed = pc.WriteTo(buf[:n], from); failed != nil {
-							return
-						}
-					} else {
-						var from netip.AddrPort
-						if n, from, failed = apc.ReadFromAddrPort(buf); failed != nil {
-							return
-						}
-						if _, failed = apc.WriteToAddrPort(buf[:n], from); failed != nil {
-							return
-						}
-					}
-					_, failed = io.ReadFull(client, in)
-				}
-				for range 100 {
-					roundTrip()
-				}
-				require.NoError(t, failed)
-				const runs = 300
-				allocs := testing.AllocsPerRun(runs, roundTrip)
-				require.NoError(t, failed)
-				require.Equal(t, out, in)
-				require.Zero(t, allocs, "allocations per round trip")
-
-				// AllocsPerRun rounds the average down, so an allocation made
-				// by most round trips but not all goes unseen: count them all.
-				// A few are the runtime's: a goroutine that parks in select
-				// takes sudogs from a per-P cache, refilled by allocation
-				// when goroutines migrate between Ps and after each GC (more
-				// often under -race). A per-packet allocation would still
-				// give at least one per round trip.
-				var before, after runtime.MemStats
-				runtime.ReadMemStats(&before)
-				for range runs {
-					roundTrip()
-				}
-				runtime.ReadMemStats(&after)
-				require.NoError(t, failed)
-				total := after.Mallocs - before.Mallocs
-				t.Logf("%d allocations in %d round trips", total, runs)
-				require.Less(t, total, uint64(runs/4), "allocations in %d round trips", runs)
-			})
+	// 8000 bytes: synchronous writes of large frames take the writev path.
+	for _, size := range []int{1200, 8000} {
+		for _, mode := range pcWriteModes {
+			for _, api := range []string{"ReadFrom+WriteTo", "ReadFromAddrPort+WriteToAddrPort"} {
+				t.Run(fmt.Sprintf("%d B/%s/%s", size, mode.name, api), func(t *testing.T) {
+					testRoundTripAllocs(t, size, mode.writeBufferSize, api)
+				})
+			}
 		}
 	}
+}
+
+func testRoundTripAllocs(t *testing.T, size, writeBufferSize int, api string) {
+	_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{WriteBufferSize: writeBufferSize})
+	apc := pc.(pcAddrPortConn)
+	payload := pcSeqPayload(1, 1, size)
+	out := frame(payload)
+	in := make([]byte, len(out))
+	buf := make([]byte, MaxFramePayload)
+	require.NoError(t, pc.SetReadDeadline(time.Now().Add(time.Minute)))
+	require.NoError(t, client.SetReadDeadline(time.Now().Add(time.Minute)))
+	var failed error
+	roundTrip := func() {
+		if failed != nil {
+			return
+		}
+		if _, failed = client.Write(out); failed != nil {
+			return
+		}
+		var n int
+		if api == "ReadFrom+WriteTo" {
+			var from net.Addr
+			if n, from, failed = pc.ReadFrom(buf); failed != nil {
+				return
+			}
+			if _, failed = pc.WriteTo(buf[:n], from); failed != nil {
+				return
+			}
+		} else {
+			var from netip.AddrPort
+			if n, from, failed = apc.ReadFromAddrPort(buf); failed != nil {
+				return
+			}
+			if _, failed = apc.WriteToAddrPort(buf[:n], from); failed != nil {
+				return
+			}
+		}
+		_, failed = io.ReadFull(client, in)
+	}
+	for range 100 {
+		roundTrip()
+	}
+	require.NoError(t, failed)
+	const runs = 300
+	allocs := testing.AllocsPerRun(runs, roundTrip)
+	require.NoError(t, failed)
+	require.Equal(t, out, in)
+	require.Zero(t, allocs, "allocations per round trip")
+
+	// AllocsPerRun rounds the average down, so an allocation made
+	// by most round trips but not all goes unseen: count them all.
+	// A few are the runtime's: a goroutine that parks in select
+	// takes sudogs from a per-P cache, refilled by allocation
+	// when goroutines migrate between Ps and after each GC (more
+	// often under -race). A per-packet allocation would still
+	// give at least one per round trip.
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range runs {
+		roundTrip()
+	}
+	runtime.ReadMemStats(&after)
+	require.NoError(t, failed)
+	total := after.Mallocs - before.Mallocs
+	t.Logf("%d allocations in %d round trips", total, runs)
+	require.Less(t, total, uint64(runs/4), "allocations in %d round trips", runs)
 }
 
 // A reader that takes the wake-up token and then gives up (deadline,

@@ -120,10 +120,9 @@ func (t *admissionTable) admit(c *streamConn, src netip.Prefix, l limits) (evict
 }
 
 // learnSource moves a connection whose address was unknown at accept (a
-// wrapped conn, e.g. PROXY protocol) under its real source, and applies the
-// per-source limit there. Its waiting then counts, within that source, from
-// now. It reports false if the connection is no longer held, and rejectLimit
-// if its source is full.
+// wrapped conn, e.g. PROXY protocol) under its real source, in accept
+// order, and applies the per-source limit there. It reports false if the
+// connection is no longer held, and rejectLimit if its source is full.
 func (t *admissionTable) learnSource(c *streamConn, src netip.Prefix, maxPerSource int) (held bool, refuse rejectReason) {
 	e := &c.entry
 	if !e.in {
@@ -166,11 +165,11 @@ func (t *admissionTable) attach(c *streamConn, claimed bool) bool {
 		t.leave(c, classEvictable)
 	}
 	t.pending--
+	t.publish() // before active counts it: see counters.snapshot
 	t.stats.active.Add(1)
 	if c.multipath {
 		t.stats.multipath.Add(1)
 	}
-	t.publish()
 	return true
 }
 
@@ -263,17 +262,31 @@ func (t *admissionTable) releaseSource(s *source) {
 	}
 }
 
-// join appends c to its source's list of class k and re-ranks the source.
+// join inserts c in its source's list of class k, in accept order, and
+// re-ranks the source. A newcomer goes to the tail at once; a connection
+// whose source was learned late (learnSource) walks back past the few
+// accepted after it while its PROXY header was in flight.
 func (t *admissionTable) join(c *streamConn, k connClass) {
 	e := &c.entry
 	l := &e.src.lists[k]
-	e.member[k], e.prev[k], e.next[k] = true, l.tail, nil
-	if l.tail != nil {
-		l.tail.entry.next[k] = c
+	after := l.tail
+	for after != nil && after.entry.seq > e.seq {
+		after = after.entry.prev[k]
+	}
+	var before *streamConn
+	if after != nil {
+		before = after.entry.next[k]
+		after.entry.next[k] = c
 	} else {
+		before = l.head
 		l.head = c
 	}
-	l.tail = c
+	if before != nil {
+		before.entry.prev[k] = c
+	} else {
+		l.tail = c
+	}
+	e.member[k], e.prev[k], e.next[k] = true, after, before
 	l.n++
 	t.ranks[k].update(e.src)
 }

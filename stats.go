@@ -74,7 +74,9 @@ type RejectedStats struct {
 	Other uint64
 }
 
-// counters are the live form of Stats, updated lock-free.
+// counters are the live form of Stats. Levels (active, pending, held,
+// packetConns, multipath) change under the mux's mu; the others are
+// updated lock-free.
 type counters struct {
 	accepted        atomic.Uint64
 	rejected        [rejectOther + 1]atomic.Uint64
@@ -94,26 +96,34 @@ type counters struct {
 
 func (s *counters) reject(r rejectReason) { s.rejected[r].Add(1) }
 
+// snapshot reads the counters. The caller holds the mux's mu, under which
+// every level (and every rejection of a held connection) changes, so the
+// levels are consistent with each other; ConnsAccepted is read last, and
+// a connection is counted accepted before it enters any state, so it is
+// never below the sum of the states.
 func (s *counters) snapshot() Stats {
-	r := RejectedStats{
-		Timeout:  s.rejected[rejectTimeout].Load(),
-		NotSTUN:  s.rejected[rejectNotSTUN].Load(),
-		Username: s.rejected[rejectUsername].Load(),
-		TooLarge: s.rejected[rejectTooLarge].Load(),
-		Limit:    s.rejected[rejectLimit].Load(),
-		Auth:     s.rejected[rejectAuth].Load(),
-		Evicted:  s.rejected[rejectEvicted].Load(),
-		Other:    s.rejected[rejectOther].Load(),
-	}
+	var r RejectedStats
+	r.Timeout = s.rejected[rejectTimeout].Load()
+	r.NotSTUN = s.rejected[rejectNotSTUN].Load()
+	r.Username = s.rejected[rejectUsername].Load()
+	r.TooLarge = s.rejected[rejectTooLarge].Load()
+	r.Limit = s.rejected[rejectLimit].Load()
+	r.Auth = s.rejected[rejectAuth].Load()
+	r.Evicted = s.rejected[rejectEvicted].Load()
+	r.Other = s.rejected[rejectOther].Load()
+	fallback := s.fallback.Load()
+	active := s.active.Load()
+	pending := s.pending.Load()
+	accepted := s.accepted.Load()
 	return Stats{
-		ConnsAccepted:    s.accepted.Load(),
+		ConnsAccepted:    accepted,
 		ConnsRejected:    r.total(),
 		Rejected:         r,
-		ConnsActive:      int(s.active.Load()),
-		ConnsPending:     int(s.pending.Load()),
+		ConnsActive:      int(active),
+		ConnsPending:     int(pending),
 		PacketConns:      int(s.packetConns.Load()),
 		UnclaimedExpired: s.unclaimedGone.Load(),
-		FallbackConns:    s.fallback.Load(),
+		FallbackConns:    fallback,
 		PacketsReceived:  s.packetsReceived.Load(),
 		BytesReceived:    s.bytesReceived.Load(),
 		PacketsSent:      s.packetsSent.Load(),

@@ -146,8 +146,14 @@ func (m *TCPMuxDefault) LocalAddr() net.Addr {
 	return m.listener.Addr()
 }
 
-// Stats returns a snapshot of the mux's counters. It never blocks on I/O.
-func (m *TCPMuxDefault) Stats() Stats { return m.stats.snapshot() }
+// Stats returns a consistent snapshot of the mux's counters: each
+// connection counts in one state at most. It takes the mux's lock, which
+// is never held across I/O, so it never waits on a peer.
+func (m *TCPMuxDefault) Stats() Stats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stats.snapshot()
+}
 
 // FallbackListener yields the connections that do not speak framed STUN
 // when TCPMuxParams.Fallback is set, with the bytes the mux read replayed.

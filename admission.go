@@ -238,7 +238,6 @@ func (t *admissionTable) pendingConns() []*streamConn {
 }
 
 func (t *admissionTable) publish() {
-	t.stats.held.Store(int64(t.held))
 	t.stats.pending.Store(int64(t.pending))
 }
 

@@ -74,7 +74,7 @@ type RejectedStats struct {
 	Other uint64
 }
 
-// counters are the live form of Stats. Levels (active, pending, held,
+// counters are the live form of Stats. Levels (active, pending,
 // packetConns, multipath) change under the mux's mu; the others are
 // updated lock-free.
 type counters struct {
@@ -82,7 +82,6 @@ type counters struct {
 	rejected        [rejectOther + 1]atomic.Uint64
 	active          atomic.Int64
 	pending         atomic.Int64
-	held            atomic.Int64 // pending + attached
 	packetConns     atomic.Int64
 	unclaimedGone   atomic.Uint64
 	fallback        atomic.Uint64

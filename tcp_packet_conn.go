@@ -195,12 +195,12 @@ func (pc *packetConn) removeConn(c *streamConn) {
 	if len(pc.conns) > 0 || pc.claimed || pc.dead {
 		pc.updateDirectLocked()
 		pc.mu.Unlock()
-		pc.mux.forgetConns(c)
+		pc.mux.forgetConn(c)
 		return
 	}
 	conns := pc.dieLocked()
 	pc.mu.Unlock()
-	pc.mux.forgetConns(c)
+	pc.mux.forgetConn(c)
 	pc.mux.stats.unclaimedGone.Add(1)
 	pc.teardown(conns)
 }

@@ -534,13 +534,11 @@ func (m *TCPMuxDefault) reject(c *streamConn, reason rejectReason) {
 	c.close()
 }
 
-// forgetConns ends the accounting of connections that leave on their own
-// account (ended, failed, removed, closed with their PacketConn).
-func (m *TCPMuxDefault) forgetConns(conns ...*streamConn) {
+// forgetConn ends the accounting of a connection that leaves on its own
+// account (ended, failed, removed).
+func (m *TCPMuxDefault) forgetConn(c *streamConn) {
 	m.mu.Lock()
-	for _, c := range conns {
-		m.table.drop(c)
-	}
+	m.table.drop(c)
 	m.mu.Unlock()
 }
 

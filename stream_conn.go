@@ -393,7 +393,7 @@ func (c *streamConn) writeOnce(p []byte) (int, error) {
 		return int(n), err
 	}
 	if need := FrameHeaderSize + len(p); need > cap(c.wbuf) {
-		c.wbuf = make([]byte, 0, max(need, minWriteBuffer))
+		c.wbuf = make([]byte, 0, max(need, 2*cap(c.wbuf))) // follows the frames sent
 	}
 	c.wbuf = binary.BigEndian.AppendUint16(c.wbuf[:0], uint16(len(p)))
 	c.wbuf = append(c.wbuf, p...)

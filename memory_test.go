@@ -88,6 +88,17 @@ func TestMemoryHalfFrame(t *testing.T) {
 	})
 	t.Logf("half frame: %.0f bytes per connection", perConn)
 	require.Less(t, perConn, 8*1024.0, "a 3-byte half frame pins a buffer sized from its header")
+
+	// Once idle (idleBufferLinger), the connections give their buffers up
+	// and keep only the partial frames' bytes.
+	before := liveHeap()
+	var idlePerConn float64
+	require.Eventually(t, func() bool {
+		after := liveHeap()
+		idlePerConn = float64(before-min(before, after)) / memoryConns
+		return idlePerConn > 1536 // at least 1.5 of the 2 KiB buffer each
+	}, idleBufferLinger+3*time.Second, 100*time.Millisecond, "half frames kept their buffers when idle")
+	t.Logf("half frame, idle: %.0f bytes per connection released", idlePerConn)
 	require.Len(t, clients, memoryConns)
 }
 

@@ -11,7 +11,12 @@
 //
 // Every byte from the network is treated as hostile: the first frame is
 // bounded in size and time, validated before any per-ufrag state exists,
-// and every rejection is counted in Stats.
+// and every rejection is counted in Stats. Connection limits cannot be
+// turned against honest peers: when one is full, the mux evicts the oldest
+// connection of the source holding the most (see
+// TCPMuxParams.MaxPendingConnections and MaxConnections) instead of
+// refusing newcomers. Memory follows the bytes that actually arrived or
+// were sent, never the lengths a peer announces.
 package tcpmux
 
 import (

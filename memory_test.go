@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -180,4 +181,71 @@ func TestMemorySyncWriteKeepsNoBuffer(t *testing.T) {
 	t.Logf("after a 64 KiB sync write: %.0f bytes per connection", perConn)
 	require.Less(t, perConn, 8*1024.0, "a synchronous write left its frame buffer behind")
 	require.Len(t, clients, memoryConns)
+}
+
+// gatedConn: Write calls block until released (one release per call), and
+// keep the slice they were given while blocked, like a kernel write would.
+type gatedConn struct {
+	net.Conn
+	mu      sync.Mutex
+	calls   int
+	release chan struct{}
+	closed  chan struct{}
+	once    sync.Once
+	heldCap []int
+}
+
+func (g *gatedConn) Write(b []byte) (int, error) {
+	g.mu.Lock()
+	g.calls++
+	g.heldCap = append(g.heldCap, cap(b))
+	g.mu.Unlock()
+	select {
+	case <-g.release:
+		return len(b), nil
+	case <-g.closed:
+		return 0, net.ErrClosed
+	}
+}
+func (g *gatedConn) Close() error                     { g.once.Do(func() { close(g.closed) }); return nil }
+func (g *gatedConn) SetWriteDeadline(time.Time) error { return nil }
+func (g *gatedConn) SetReadDeadline(time.Time) error  { return nil }
+func (g *gatedConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+
+// A peer that reads a burst, then stalls with a write in flight from a
+// large ring: the array that write pins and the ring WriteTo fills next
+// stay within WriteBufferSize together (found in review: 1.5x before).
+func TestMemoryRingGrowDuringStalledWrite(t *testing.T) {
+	const wbs = 256 << 10
+	m := &TCPMuxDefault{params: TCPMuxParams{WriteBufferSize: wbs}, log: quietLogger()}
+	g := &gatedConn{release: make(chan struct{}), closed: make(chan struct{})}
+	c := newStreamConn(m, g)
+	p := make([]byte, 1200)
+	_, err := c.writeBuffered(p)
+	require.NoError(t, err)
+	// Wait for the flusher's first (blocked) Write.
+	require.Eventually(t, func() bool { g.mu.Lock(); defer g.mu.Unlock(); return g.calls == 1 }, time.Second, time.Millisecond)
+	for i := 0; i < 90; i++ { // ~108 KB: ring grows to 128 KiB
+		_, err := c.writeBuffered(p)
+		require.NoError(t, err)
+	}
+	g.release <- struct{}{} // first Write done; the flusher takes ~108 KB from the 128 KiB ring
+	require.Eventually(t, func() bool { g.mu.Lock(); defer g.mu.Unlock(); return g.calls == 2 }, time.Second, time.Millisecond)
+	// Peer now stalled for good. Fill the ring to the bound.
+	for {
+		if _, err := c.writeBuffered(p); errors.Is(err, ErrWriteBufferFull) {
+			break
+		}
+	}
+	c.bmu.Lock()
+	ringCap := len(c.queued.buf)
+	c.bmu.Unlock()
+	g.mu.Lock()
+	inflight := g.heldCap[1]
+	g.mu.Unlock()
+	t.Logf("ring %d KiB + array pinned by the blocked flusher write %d KiB = %d KiB, WriteBufferSize %d KiB",
+		ringCap>>10, inflight>>10, (ringCap+inflight)>>10, wbs>>10)
+	c.close()
+	c.waitWriters()
+	require.LessOrEqual(t, ringCap+inflight, wbs, "memory held for unsent frames exceeds WriteBufferSize")
 }

@@ -261,15 +261,22 @@ func (t *admissionTable) releaseSource(s *source) {
 	}
 }
 
+// maxOrderSteps bounds how far a connection whose source was learned late
+// walks back to its place in accept order (see join).
+const maxOrderSteps = 64
+
 // join inserts c in its source's list of class k, in accept order, and
 // re-ranks the source. A newcomer goes to the tail at once; a connection
-// whose source was learned late (learnSource) walks back past the few
-// accepted after it while its PROXY header was in flight.
+// whose source was learned late (learnSource) walks back past the ones
+// accepted after it while its PROXY header was in flight, at most
+// maxOrderSteps of them: a source that made many connections meanwhile
+// (only a flooding one does) cannot make the walk long under the mux's
+// lock, and its late connection merely looks younger among its own.
 func (t *admissionTable) join(c *streamConn, k connClass) {
 	e := &c.entry
 	l := &e.src.lists[k]
 	after := l.tail
-	for after != nil && after.entry.seq > e.seq {
+	for steps := 0; after != nil && after.entry.seq > e.seq && steps < maxOrderSteps; steps++ {
 		after = after.entry.prev[k]
 	}
 	var before *streamConn

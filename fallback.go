@@ -33,20 +33,23 @@ func (m *TCPMuxDefault) handOver(c *streamConn, fr *FrameReader) rejectReason {
 		m.mu.Unlock()
 		return rejectOther
 	}
-	held := m.table.drop(c)
-	m.mu.Unlock()
-	if !held {
+	if !m.table.drop(c) {
+		m.mu.Unlock()
 		return handedOver // evicted meanwhile: closed and counted already
 	}
-	switch m.fallback.offer(&replayConn{Conn: c.conn, replay: fr.Buffered()}, &m.stats.fallback) {
-	case offerQueued:
-		return handedOver
+	// Counted under mu with the drop, so a Stats snapshot sees it in one
+	// state. The offer never blocks.
+	result := m.fallback.offer(&replayConn{Conn: c.conn, replay: fr.Buffered()}, &m.stats.fallback)
+	switch result {
 	case offerFull:
 		m.stats.reject(rejectLimit)
-	default:
+	case offerClosed:
 		m.stats.reject(rejectNotSTUN)
 	}
-	c.close()
+	m.mu.Unlock()
+	if result != offerQueued {
+		c.close()
+	}
 	return handedOver
 }
 
@@ -140,7 +143,7 @@ func (l *fallbackListener) Close() error {
 	for {
 		select {
 		case c := <-l.queue:
-			_ = c.Close()
+			closeNow(c)
 		default:
 			return nil
 		}

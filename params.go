@@ -147,15 +147,32 @@ type TCPMuxParams struct {
 var (
 	// ErrNoListener is returned by Validate for params without a Listener.
 	ErrNoListener = errors.New("tcpmux: TCPMuxParams.Listener is nil")
-	// ErrInvalidParams is wrapped by Validate's error for a field out of
-	// its range; the message names the field.
+	// ErrInvalidParams matches, under errors.Is, every ParamError.
 	ErrInvalidParams = errors.New("tcpmux: invalid TCPMuxParams")
 )
+
+// ParamError is Validate's error for a TCPMuxParams field out of its
+// range. It is comparable, so errors.Is matches it with an equal
+// ParamError (a mux built from invalid params returns Validate's error),
+// and it matches ErrInvalidParams.
+type ParamError struct {
+	Field string // the TCPMuxParams field
+	Value int64  // its value (nanoseconds for durations)
+	Want  string // the valid range
+}
+
+func (e ParamError) Error() string {
+	return fmt.Sprintf("tcpmux: invalid TCPMuxParams.%s %d: want %s", e.Field, e.Value, e.Want)
+}
+
+// Is reports whether target is ErrInvalidParams.
+func (e ParamError) Is(target error) bool { return target == ErrInvalidParams }
 
 // Validate reports whether the params can build a mux: a Listener is set,
 // no size, limit or duration is negative (MaxPendingConnections excepted:
 // negative means no limit), and MaxFirstFrameSize is 0 or within
-// MinMaxFirstFrameSize..MaxMaxFirstFrameSize.
+// MinMaxFirstFrameSize..MaxMaxFirstFrameSize. It returns ErrNoListener or
+// a ParamError.
 func (p *TCPMuxParams) Validate() error {
 	if p.Listener == nil {
 		return ErrNoListener
@@ -175,11 +192,11 @@ func (p *TCPMuxParams) Validate() error {
 	}
 	for _, f := range nonNegative {
 		if f.value < 0 {
-			return fmt.Errorf("%w: %s is negative (%d)", ErrInvalidParams, f.name, f.value)
+			return ParamError{Field: f.name, Value: f.value, Want: ">= 0"}
 		}
 	}
 	if n := p.MaxFirstFrameSize; n != 0 && (n < MinMaxFirstFrameSize || n > MaxMaxFirstFrameSize) {
-		return fmt.Errorf("%w: MaxFirstFrameSize %d is outside %d..%d", ErrInvalidParams, n, MinMaxFirstFrameSize, MaxMaxFirstFrameSize)
+		return ParamError{Field: "MaxFirstFrameSize", Value: int64(n), Want: fmt.Sprintf("0 or %d..%d", MinMaxFirstFrameSize, MaxMaxFirstFrameSize)}
 	}
 	return nil
 }

@@ -112,12 +112,18 @@ func (c *streamConn) close() {
 // closeNow closes conn without waiting on its peer. A TLS connection's
 // Close sends close_notify first, under a deadline of its own (5 s in
 // crypto/tls), which a peer that stopped reading makes it wait out: so the
-// connection underneath is closed first, and the alert fails at once.
+// connections underneath are closed first, innermost first, and the alert
+// fails at once.
 func closeNow(conn net.Conn) {
-	if wrapped, ok := conn.(interface{ NetConn() net.Conn }); ok {
-		if inner := wrapped.NetConn(); inner != nil {
-			closeNow(inner)
-		}
+	var inner net.Conn
+	switch wrapped := conn.(type) {
+	case interface{ NetConn() net.Conn }: // crypto/tls
+		inner = wrapped.NetConn()
+	case interface{ Unwrap() net.Conn }: // replayConn, and wrappers like it
+		inner = wrapped.Unwrap()
+	}
+	if inner != nil {
+		closeNow(inner)
 	}
 	_ = conn.Close()
 }
@@ -392,12 +398,20 @@ func (c *streamConn) writeOnce(p []byte) (int, error) {
 		c.iov = [2][]byte{} // keeps no reference to p
 		return int(n), err
 	}
-	if need := FrameHeaderSize + len(p); need > cap(c.wbuf) {
-		c.wbuf = make([]byte, 0, max(need, 2*cap(c.wbuf))) // follows the frames sent
+	need := FrameHeaderSize + len(p)
+	buf := c.wbuf
+	switch {
+	case need > FrameHeaderSize+copiedFrameLimit:
+		// Another kind of conn (TLS, a wrapper) needs one Write: a large
+		// frame gets a buffer of its own, so none is kept.
+		buf = make([]byte, 0, need)
+	case need > cap(c.wbuf):
+		c.wbuf = make([]byte, 0, min(max(need, 2*cap(c.wbuf)), FrameHeaderSize+copiedFrameLimit)) // follows the frames sent
+		buf = c.wbuf
 	}
-	c.wbuf = binary.BigEndian.AppendUint16(c.wbuf[:0], uint16(len(p)))
-	c.wbuf = append(c.wbuf, p...)
-	return c.conn.Write(c.wbuf)
+	buf = binary.BigEndian.AppendUint16(buf[:0], uint16(len(p)))
+	buf = append(buf, p...)
+	return c.conn.Write(buf)
 }
 
 // dropIdleWriteBuffer releases the synchronous write buffer of a

@@ -42,20 +42,6 @@ func floodDial(m *TCPMuxDefault, ip net.IP) (net.Conn, error) {
 	return d.Dial("tcp4", m.LocalAddr().String())
 }
 
-// floodDialT connects from ip in the test goroutine, sends first as a
-// frame unless it is nil, and closes the connection when the test ends.
-func floodDialT(t testing.TB, m *TCPMuxDefault, ip net.IP, first []byte) net.Conn {
-	t.Helper()
-	conn, err := floodDial(m, ip)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
-	if first != nil {
-		_, err = conn.Write(frame(first))
-		require.NoError(t, err)
-	}
-	return conn
-}
-
 // floodRequest is a valid ICE Binding request for ufrag, built without t
 // for goroutines.
 func floodRequest(ufrag string) []byte {
@@ -504,9 +490,9 @@ func TestFloodNothingEvictableRefuses(t *testing.T) {
 
 	// A silent newcomer, and one with a valid request for a claimed
 	// ufrag, from sources of their own and from a held one.
-	waitClosedByPeer(t, floodDialT(t, m, floodIP(20), nil), time.Second)
-	waitClosedByPeer(t, floodDialT(t, m, floodIP(21), peers[0].req), time.Second)
-	waitClosedByPeer(t, floodDialT(t, m, peers[1].ip, peers[1].req), time.Second)
+	waitClosedByPeer(t, dialFrom(t, m, floodIP(20), nil), time.Second)
+	waitClosedByPeer(t, dialFrom(t, m, floodIP(21), peers[0].req), time.Second)
+	waitClosedByPeer(t, dialFrom(t, m, peers[1].ip, peers[1].req), time.Second)
 
 	s := m.Stats()
 	require.Equal(t, uint64(3), s.Rejected.Limit)
@@ -521,7 +507,7 @@ func TestFloodNothingEvictableRefuses(t *testing.T) {
 	// Room again once a held connection leaves on its own.
 	require.NoError(t, peers[0].conn.Close())
 	eventually(t, func() bool { return m.Stats().ConnsActive == maxConns-1 }, "the closed connection left")
-	late := floodDialT(t, m, floodIP(22), peers[0].req)
+	late := dialFrom(t, m, floodIP(22), peers[0].req)
 	got, from := readPacket(t, peers[0].pc)
 	require.Equal(t, peers[0].req, got)
 	require.Equal(t, late.LocalAddr().String(), from.String())
@@ -540,13 +526,13 @@ func TestFloodMaxConnectionsPerIP(t *testing.T) {
 		a := floodIP(2)
 		pcA := getConn(t, m, "a")
 		reqA := bindingRequest(t, "a")
-		attached := []net.Conn{floodDialT(t, m, a, reqA), floodDialT(t, m, a, reqA)}
+		attached := []net.Conn{dialFrom(t, m, a, reqA), dialFrom(t, m, a, reqA)}
 		readPacket(t, pcA)
 		readPacket(t, pcA)
-		pending := floodDialT(t, m, a, nil)
+		pending := dialFrom(t, m, a, nil)
 		eventually(t, func() bool { s := m.Stats(); return s.ConnsActive == 2 && s.ConnsPending == 1 }, "two attached, one pending")
 
-		waitClosedByPeer(t, floodDialT(t, m, a, reqA), time.Second)
+		waitClosedByPeer(t, dialFrom(t, m, a, reqA), time.Second)
 		s := m.Stats()
 		require.Equal(t, uint64(1), s.Rejected.Limit)
 		require.Zero(t, s.Rejected.Evicted)
@@ -555,7 +541,7 @@ func TestFloodMaxConnectionsPerIP(t *testing.T) {
 
 		// Another source is unaffected.
 		pcB := getConn(t, m, "b")
-		floodDialT(t, m, floodIP(3), bindingRequest(t, "b"))
+		dialFrom(t, m, floodIP(3), bindingRequest(t, "b"))
 		readPacket(t, pcB)
 
 		// The pending connection of A was not evicted: it still gets in.
@@ -572,7 +558,7 @@ func TestFloodMaxConnectionsPerIP(t *testing.T) {
 		// A connection that leaves frees its place.
 		require.NoError(t, attached[0].Close())
 		eventually(t, func() bool { return m.Stats().ConnsActive == 3 }, "A's closed connection left") // 2 of A + B
-		floodDialT(t, m, a, reqA)
+		dialFrom(t, m, a, reqA)
 		readPacket(t, pcA)
 		require.Equal(t, uint64(1), m.Stats().Rejected.Limit)
 	})
@@ -580,11 +566,11 @@ func TestFloodMaxConnectionsPerIP(t *testing.T) {
 	t.Run("refused before evicting", func(t *testing.T) {
 		m := newTestMux(t, TCPMuxParams{MaxConnectionsPerIP: 3, MaxPendingConnections: 3})
 		a := floodIP(2)
-		oldest := floodDialT(t, m, a, nil)
-		floodDialT(t, m, a, nil)
-		floodDialT(t, m, a, nil)
+		oldest := dialFrom(t, m, a, nil)
+		dialFrom(t, m, a, nil)
+		dialFrom(t, m, a, nil)
 		eventually(t, func() bool { return m.Stats().ConnsPending == 3 }, "A fills the pending table")
-		waitClosedByPeer(t, floodDialT(t, m, a, nil), time.Second)
+		waitClosedByPeer(t, dialFrom(t, m, a, nil), time.Second)
 		s := m.Stats()
 		require.Equal(t, uint64(1), s.Rejected.Limit)
 		require.Zero(t, s.Rejected.Evicted, "a newcomer refused by MaxConnectionsPerIP evicts nobody")
@@ -592,7 +578,7 @@ func TestFloodMaxConnectionsPerIP(t *testing.T) {
 
 		// Another source evicts A's oldest pending connection.
 		pcB := getConn(t, m, "b")
-		floodDialT(t, m, floodIP(3), bindingRequest(t, "b"))
+		dialFrom(t, m, floodIP(3), bindingRequest(t, "b"))
 		waitClosedByPeer(t, oldest, time.Second)
 		readPacket(t, pcB)
 		require.Equal(t, uint64(1), m.Stats().Rejected.Evicted)
@@ -1339,8 +1325,8 @@ func TestUnclaimedClosesWithLastConn(t *testing.T) {
 
 	t.Run("one of two leaves", func(t *testing.T) {
 		m := newTestMux(t, TCPMuxParams{})
-		first := floodDialT(t, m, floodIP(2), bindingRequest(t, "two"))
-		second := floodDialT(t, m, floodIP(3), bindingRequest(t, "two"))
+		first := dialFrom(t, m, floodIP(2), bindingRequest(t, "two"))
+		second := dialFrom(t, m, floodIP(3), bindingRequest(t, "two"))
 		eventually(t, func() bool { return m.Stats().ConnsActive == 2 }, "both attached")
 		require.Equal(t, 1, m.Stats().PacketConns)
 		require.NoError(t, first.Close())
@@ -1353,9 +1339,9 @@ func TestUnclaimedClosesWithLastConn(t *testing.T) {
 
 	t.Run("evicted", func(t *testing.T) {
 		m := newTestMux(t, TCPMuxParams{MaxConnections: 1})
-		victim := floodDialT(t, m, floodIP(2), bindingRequest(t, "evictme"))
+		victim := dialFrom(t, m, floodIP(2), bindingRequest(t, "evictme"))
 		eventually(t, func() bool { return m.Stats().ConnsActive == 1 }, "attached, unclaimed")
-		floodDialT(t, m, floodIP(3), nil)
+		dialFrom(t, m, floodIP(3), nil)
 		waitClosedByPeer(t, victim, time.Second)
 		eventually(t, func() bool { s := m.Stats(); return s.PacketConns == 0 && s.UnclaimedExpired == 1 }, "its PacketConn closed with it")
 		s := m.Stats()
@@ -1659,6 +1645,41 @@ func TestMaxFirstFrameSize(t *testing.T) {
 
 // --- Stats snapshots --------------------------------------------------------
 
+// snapshotRace runs cycle over and over, one connection at a time, while
+// it takes snapshots of st for 3 s (under mu when locked, as
+// TCPMuxDefault.Stats does), and returns the first one that bad rejects.
+func snapshotRace(t *testing.T, st *counters, mu *sync.Mutex, locked bool, cycle func(), bad func(Stats) bool) (Stats, bool) {
+	t.Helper()
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				cycle()
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	samples := 0
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); samples++ {
+		if locked {
+			mu.Lock()
+		}
+		s := st.snapshot()
+		if locked {
+			mu.Unlock()
+		}
+		if bad(s) {
+			return s, true
+		}
+	}
+	t.Logf("%d snapshots", samples)
+	return Stats{}, false
+}
+
 // SPEC 6: a Stats snapshot shows each connection in one state at most: a
 // connection that attaches is never counted both pending and active. One
 // connection at a time goes through admit, attach and drop (under a lock,
@@ -1666,86 +1687,43 @@ func TestMaxFirstFrameSize(t *testing.T) {
 func TestStatsSnapshotAttachCountsOnce(t *testing.T) {
 	tb, st := newTestTable()
 	var mu sync.Mutex
-	stop, done := make(chan struct{}), make(chan struct{})
-	var cycles atomic.Int64
-	go func() {
-		defer close(done)
-		src := srcV4("192.0.2.1")
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			c := &streamConn{}
-			mu.Lock()
-			tb.admit(c, src, limits{})
-			mu.Unlock()
-			mu.Lock()
-			tb.attach(c, true)
-			mu.Unlock()
-			mu.Lock()
-			tb.drop(c)
-			mu.Unlock()
-			cycles.Add(1)
-		}
-	}()
-	samples, bad := 0, 0
-	var first Stats
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && bad == 0; {
-		mu.Lock() // as TCPMuxDefault.Stats does
-		s := st.snapshot()
+	src := srcV4("192.0.2.1")
+	cycle := func() {
+		c := &streamConn{}
+		mu.Lock()
+		tb.admit(c, src, limits{})
 		mu.Unlock()
-		samples++
-		if s.ConnsPending+s.ConnsActive > 1 {
-			bad, first = bad+1, s
-		}
+		mu.Lock()
+		tb.attach(c, true)
+		mu.Unlock()
+		mu.Lock()
+		tb.drop(c)
+		mu.Unlock()
 	}
-	close(stop)
-	<-done
-	t.Logf("%d snapshots over %d admit/attach/drop cycles", samples, cycles.Load())
-	require.Zero(t, bad, "one connection counted as pending and active at once: ConnsPending %d, ConnsActive %d", first.ConnsPending, first.ConnsActive)
+	s, bad := snapshotRace(t, st, &mu, true, cycle, func(s Stats) bool { return s.ConnsPending+s.ConnsActive > 1 })
+	require.False(t, bad, "one connection counted as pending and active at once: ConnsPending %d, ConnsActive %d", s.ConnsPending, s.ConnsActive)
 }
 
 // SPEC 6: in a snapshot, ConnsAccepted covers every connection counted in
-// a state. As in the mux, a connection is counted accepted, then admitted
-// (pending), then rejected, one at a time, while snapshots are taken.
+// a state, even read without the lock. As in the mux, a connection is
+// counted accepted, then admitted (pending), then rejected, one at a time,
+// while snapshots are taken.
 func TestStatsSnapshotAcceptedCoversPending(t *testing.T) {
 	tb, st := newTestTable()
 	var mu sync.Mutex
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		src := srcV4("192.0.2.1")
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			c := &streamConn{}
-			st.accepted.Add(1) // acceptLoop
-			mu.Lock()          // startConn
-			tb.admit(c, src, limits{})
-			mu.Unlock()
-			mu.Lock() // reject
-			if tb.drop(c) {
-				st.reject(rejectTimeout)
-			}
-			mu.Unlock()
+	src := srcV4("192.0.2.1")
+	cycle := func() {
+		c := &streamConn{}
+		st.accepted.Add(1) // acceptLoop
+		mu.Lock()          // startConn
+		tb.admit(c, src, limits{})
+		mu.Unlock()
+		mu.Lock() // reject
+		if tb.drop(c) {
+			st.reject(rejectTimeout)
 		}
-	}()
-	samples, bad := 0, 0
-	var first Stats
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && bad == 0; {
-		s := st.snapshot()
-		samples++
-		if floodAccounting(s) != nil {
-			bad, first = bad+1, s
-		}
+		mu.Unlock()
 	}
-	close(stop)
-	<-done
-	t.Logf("%d snapshots", samples)
-	require.Zero(t, bad, "an inconsistent snapshot: %v", floodAccounting(first))
+	s, bad := snapshotRace(t, st, &mu, false, cycle, func(s Stats) bool { return floodAccounting(s) != nil })
+	require.False(t, bad, "an inconsistent snapshot: %v", floodAccounting(s))
 }

@@ -76,7 +76,18 @@ func frame(p []byte) []byte {
 // dial connects to the mux and sends first as its first frame.
 func dial(t testing.TB, m *TCPMuxDefault, first []byte) net.Conn {
 	t.Helper()
-	conn, err := net.Dial("tcp", m.LocalAddr().String())
+	return dialFrom(t, m, nil, first)
+}
+
+// dialFrom is dial from source address ip (nil: the system's choice;
+// loopback accepts any 127.x source).
+func dialFrom(t testing.TB, m *TCPMuxDefault, ip net.IP, first []byte) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 3 * time.Second}
+	if ip != nil {
+		d.LocalAddr = &net.TCPAddr{IP: ip}
+	}
+	conn, err := d.Dial("tcp", m.LocalAddr().String())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
 	if first != nil {

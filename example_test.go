@@ -132,3 +132,20 @@ func ExampleTCPMuxParams_multipathTCP() {
 	// Output:
 	// serving: true
 }
+
+// Behind a TCP load balancer that sends the PROXY protocol, wrap the
+// PROXY-protocol listener (e.g. &proxyproto.Listener{Listener: ln} from
+// github.com/pires/go-proxyproto) so that connections keep their socket's
+// local address, which PacketConns are keyed by, while reporting the real
+// client as remote.
+func ExampleKeepSocketLocalAddr() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	proxied := ln // here: &proxyproto.Listener{Listener: ln, ReadHeaderTimeout: 5 * time.Second}
+	mux := tcpmux.NewTCPMuxDefault(tcpmux.TCPMuxParams{Listener: tcpmux.KeepSocketLocalAddr(proxied)})
+	defer mux.Close()
+	fmt.Println(mux.LocalAddr().(*net.TCPAddr).IP)
+	// Output: 127.0.0.1
+}

@@ -32,7 +32,7 @@ func TestProxyProtocolFloodAdmitsHonestClient(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			raw, err := net.Listen("tcp4", "127.0.0.1:0")
 			require.NoError(t, err)
-			ln := socketLocalAddr{&proxyproto.Listener{Listener: raw, ReadHeaderTimeout: 3 * time.Second}}
+			ln := tcpmux.KeepSocketLocalAddr(&proxyproto.Listener{Listener: raw, ReadHeaderTimeout: 3 * time.Second})
 			params := tcpmux.TCPMuxParams{
 				Listener:                     ln,
 				FirstStunBindTimeout:         5 * time.Second,

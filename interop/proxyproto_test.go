@@ -14,30 +14,6 @@ import (
 	"go.uber.org/goleak"
 )
 
-// socketLocalAddr keeps the socket's own local address on PROXY-protocol
-// connections. go-proxyproto reports the header's destination (the load
-// balancer's address) as LocalAddr, but the mux keys PacketConns by the
-// local IP an ICE agent gathers on, which is the server's own.
-type socketLocalAddr struct{ net.Listener }
-
-func (l socketLocalAddr) Accept() (net.Conn, error) {
-	conn, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	if pc, ok := conn.(*proxyproto.Conn); ok {
-		return &rawLocalConn{Conn: pc, local: pc.Raw().LocalAddr()}, nil
-	}
-	return conn, nil
-}
-
-type rawLocalConn struct {
-	net.Conn
-	local net.Addr
-}
-
-func (c *rawLocalConn) LocalAddr() net.Addr { return c.local }
-
 // Behind a load balancer that speaks the PROXY protocol, ReadFrom reports
 // the real client's address and WriteTo reaches it.
 func TestProxyProtocolReportsRealClient(t *testing.T) {
@@ -46,7 +22,7 @@ func TestProxyProtocolReportsRealClient(t *testing.T) {
 		t.Run(map[byte]string{1: "v1", 2: "v2"}[version], func(t *testing.T) {
 			raw, err := net.Listen("tcp4", "127.0.0.1:0")
 			require.NoError(t, err)
-			ln := socketLocalAddr{&proxyproto.Listener{Listener: raw, ReadHeaderTimeout: 2 * time.Second}}
+			ln := tcpmux.KeepSocketLocalAddr(&proxyproto.Listener{Listener: raw, ReadHeaderTimeout: 2 * time.Second})
 			mux := tcpmux.NewTCPMuxDefault(tcpmux.TCPMuxParams{Listener: ln})
 			defer mux.Close()
 			pc, err := mux.GetConnByUfrag("srv", false, net.IPv4(127, 0, 0, 1))

@@ -38,7 +38,9 @@ const (
 	rejectOther                 // duplicates, early EOF, read errors, mux closing
 )
 
-var rejectNames = [...]string{"none", "timeout", "not STUN", "bad USERNAME", "too large", "over limit", "auth", "evicted", "other"}
+// rejectNames are the RejectedStats field names, so that logs and metrics
+// say the same thing.
+var rejectNames = [...]string{"none", "Timeout", "NotSTUN", "Username", "TooLarge", "Limit", "Auth", "Evicted", "Other"}
 
 func (r rejectReason) String() string {
 	if int(r) < len(rejectNames) {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"hash/crc32"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -410,8 +411,14 @@ func TestRejectReasonString(t *testing.T) {
 		assert.False(t, dup, "reasons %d and %d are both %q", prev, r, s)
 		seen[s] = r
 	}
-	assert.Equal(t, "not STUN", rejectNotSTUN.String())
 	assert.Len(t, rejectNames, int(rejectOther)+1, "one name per reason")
+	for r := rejectTimeout; r <= rejectOther; r++ {
+		var stats RejectedStats
+		field := reflect.ValueOf(&stats).Elem().FieldByName(r.String())
+		require.True(t, field.IsValid(), "reason %q is not a RejectedStats field", r)
+		field.SetUint(7)
+		assert.Equal(t, uint64(7), rejectedCount(stats, r), "reason %q", r)
+	}
 }
 
 // oracleBindingRequest judges frame with pion/stun's decoder and the rules

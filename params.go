@@ -135,7 +135,9 @@ type TCPMuxParams struct {
 	// Fallback, when true, hands connections whose first bytes are not a
 	// framed STUN Binding request, with those bytes replayed, to
 	// FallbackListener(): ICE-TCP can then share a port with, say, HTTPS.
-	// False: such connections are closed and counted as NotSTUN.
+	// False: such connections are judged by the first-frame rules, closed
+	// and counted: most non-STUN streams (HTTP, TLS) read as a frame header
+	// announcing more than MaxFirstFrameSize (TooLarge), others as NotSTUN.
 	Fallback bool
 
 	// FallbackQueueSize caps the non-ICE connections waiting for

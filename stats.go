@@ -50,8 +50,9 @@ type Stats struct {
 type RejectedStats struct {
 	// Timeout: the first frame did not arrive within FirstStunBindTimeout.
 	Timeout uint64
-	// NotSTUN: the first frame is not one valid STUN Binding request (or,
-	// without Fallback, the connection does not speak framed STUN at all).
+	// NotSTUN: the first frame is not one valid STUN Binding request. (A
+	// stream that does not speak framed STUN at all, such as HTTP or TLS,
+	// usually reads as a header announcing a large frame: TooLarge.)
 	NotSTUN uint64
 	// Username: USERNAME is missing, its ufrag is empty, or it is over 513
 	// bytes.

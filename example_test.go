@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/icetcp/tcpmux"
@@ -148,4 +149,35 @@ func ExampleKeepSocketLocalAddr() {
 	defer mux.Close()
 	fmt.Println(mux.LocalAddr().(*net.TCPAddr).IP)
 	// Output: 127.0.0.1
+}
+
+// ICE-TCP and a web server share one port: connections that do not start
+// with a framed STUN Binding request go to FallbackListener, with the
+// bytes the mux read replayed. (Serve HTTPS with srv.ServeTLS the same
+// way.)
+func ExampleTCPMuxDefault_FallbackListener() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	mux := tcpmux.NewTCPMuxDefault(tcpmux.TCPMuxParams{Listener: ln, Fallback: true})
+	defer mux.Close()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, "hello from the shared port")
+	})}
+	go srv.Serve(mux.FallbackListener())
+	defer srv.Close()
+
+	resp, err := http.Get("http://" + mux.LocalAddr().String())
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	http.DefaultClient.CloseIdleConnections()
+	fmt.Println(string(body))
+	fmt.Println("handed over:", mux.Stats().FallbackConns)
+	// Output:
+	// hello from the shared port
+	// handed over: 1
 }

@@ -3,6 +3,8 @@ package tcpmux_test
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
+	"expvar"
 	"fmt"
 	"io"
 	"net"
@@ -180,4 +182,23 @@ func ExampleTCPMuxDefault_FallbackListener() {
 	// Output:
 	// hello from the shared port
 	// handed over: 1
+}
+
+// Stats as an expvar variable: expvar.Publish("tcpmux", stats) serves it,
+// as JSON, at /debug/vars with the rest of the process's variables.
+func ExampleTCPMuxDefault_Stats() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	mux := tcpmux.NewTCPMuxDefault(tcpmux.TCPMuxParams{Listener: ln})
+	defer mux.Close()
+
+	stats := expvar.Func(func() any { return mux.Stats() })
+	var snapshot tcpmux.Stats
+	if err := json.Unmarshal([]byte(stats.String()), &snapshot); err != nil {
+		panic(err)
+	}
+	fmt.Println("accepted:", snapshot.ConnsAccepted, "evicted:", snapshot.Rejected.Evicted)
+	// Output: accepted: 0 evicted: 0
 }

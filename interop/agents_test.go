@@ -63,7 +63,7 @@ func testAgentPair(t *testing.T, network, host string, networkTypes []ice.Networ
 
 	s, err := harness.Connect(ctx, mux, loggers, harness.Options{NetworkTypes: networkTypes})
 	if errors.Is(err, harness.ErrNoCandidates) && host == "::1" {
-		// pion/ice v4.4.2 never gathers ::1: localInterfaces drops every
+		// pion/ice (v4.4.2 to v4.4.9) never gathers ::1: localInterfaces drops every
 		// IPv6 address whose first 12 bytes are zero as "IPv4-compatible"
 		// (net.go, isSupportedIPv6Partial), so no agent can have an ICE
 		// candidate on the IPv6 loopback address. Nothing the mux can do.

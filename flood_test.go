@@ -891,7 +891,6 @@ type admModel struct {
 	live    []*admModelConn // held
 	gone    []*admModelConn // recently dropped, to exercise calls on them
 	seq     uint64
-	tick    uint64
 	evicted uint64
 	nextID  int
 }

@@ -29,6 +29,8 @@ func TestDropInInterfaces(t *testing.T) {
 			ice.WithMulticastDNSMode(ice.MulticastDNSModeDisabled), ice.WithLoggerFactory(loggers))
 		require.NoError(t, err)
 		require.NoError(t, a.GracefulClose())
+		// Applications on the deprecated AgentConfig must get the drop-in too.
+		//lint:ignore SA1019 deliberate: proves AgentConfig.TCPMux takes the mux
 		a, err = ice.NewAgent(&ice.AgentConfig{TCPMux: opt, NetworkTypes: harness.TCPNetworkTypes,
 			MulticastDNSMode: ice.MulticastDNSModeDisabled, LoggerFactory: loggers})
 		require.NoError(t, err)

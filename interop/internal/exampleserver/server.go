@@ -1,0 +1,459 @@
+// Package exampleserver is the example server of tcpmux: the shape an SFU
+// operator would copy. One port carries everything: pion/webrtc sessions
+// over ICE-TCP (through the mux) and ICE-UDP (same port number), and, on
+// the TCP side through the mux's FallbackListener, the HTTPS signalling
+// page, Prometheus metrics and expvar. PasswordLookup is wired to the
+// live sessions, so only ICE requests with a live ufrag and a valid
+// MESSAGE-INTEGRITY create any state.
+//
+// cmd/tcpmux-server runs it; the interop tests drive it with pion and with
+// real browsers.
+package exampleserver
+
+import (
+	"context"
+	"crypto/tls"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"expvar"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/icetcp/tcpmux"
+	"github.com/icetcp/tcpmux/metrics"
+	"github.com/pion/ice/v4"
+	"github.com/pion/logging"
+	"github.com/pion/webrtc/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Config is the server's configuration; the zero value of each field is a
+// sane default.
+type Config struct {
+	// Addr is the TCP address (and, with UDP, the UDP port) to serve.
+	// "": ":8443".
+	Addr string
+	// CertFile and KeyFile are the HTTPS certificate. "": a self-signed
+	// one is generated at start, for localhost and the loopback addresses.
+	CertFile, KeyFile string
+	// PlainHTTP serves the page over HTTP instead of HTTPS (browsers treat
+	// http://127.0.0.1 as a secure context, so WebRTC works on loopback).
+	PlainHTTP bool
+	// TCPOnly leaves ICE-UDP out: every session then runs over ICE-TCP.
+	TCPOnly bool
+	// NAT1To1IP, when set, is the public address advertised in the ICE
+	// candidates instead of the host's (a server behind 1:1 NAT).
+	NAT1To1IP string
+	// Loopback includes loopback candidates (a server tried on one
+	// machine). It is on automatically when Addr is a loopback address.
+	Loopback bool
+	// LoggerFactory is pion's logger factory; nil: errors only.
+	LoggerFactory logging.LoggerFactory
+}
+
+// Report is what the echo page posts when it is done, for tests.
+type Report struct {
+	OK             bool   `json:"ok"`
+	Echoed         int    `json:"echoed"`
+	LocalProtocol  string `json:"localProtocol"`
+	RemoteProtocol string `json:"remoteProtocol"`
+	Error          string `json:"error"`
+	UserAgent      string `json:"userAgent"`
+}
+
+// Server runs the mux, the WebRTC sessions and the HTTP side.
+type Server struct {
+	cfg      Config
+	mux      *tcpmux.TCPMuxDefault
+	udp      net.PacketConn // nil with TCPOnly
+	udpMux   ice.UDPMux
+	api      *webrtc.API
+	http     *http.Server
+	served   chan struct{}
+	reports  chan Report
+	registry *prometheus.Registry
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	creds    map[string]string // server ufrag -> password, for PasswordLookup
+	nextID   int
+	closed   bool
+}
+
+// Start listens on cfg.Addr and serves until Close.
+func Start(cfg Config) (*Server, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = ":8443"
+	}
+	if cfg.LoggerFactory == nil {
+		f := logging.NewDefaultLoggerFactory()
+		f.DefaultLogLevel = logging.LogLevelError
+		cfg.LoggerFactory = f
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		served:   make(chan struct{}),
+		reports:  make(chan Report, 16),
+		registry: prometheus.NewRegistry(),
+		sessions: make(map[string]*session),
+		creds:    make(map[string]string),
+	}
+	s.mux = tcpmux.NewTCPMuxDefault(tcpmux.TCPMuxParams{
+		Listener:             ln,
+		Logger:               cfg.LoggerFactory.NewLogger("tcpmux"),
+		WriteBufferSize:      256 << 10, // writes never block a session
+		FirstStunBindTimeout: 10 * time.Second,
+		PasswordLookup:       s.password,
+		Fallback:             true, // HTTPS on the same port
+	})
+	if !cfg.TCPOnly {
+		if err := s.listenUDP(ln.Addr()); err != nil {
+			_ = s.mux.Close()
+			return nil, err
+		}
+	}
+	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(s.settingEngine(ln.Addr())))
+	s.registry.MustRegister(metrics.NewCollector(s.mux, nil))
+	if err := s.serveHTTP(); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) listenUDP(tcpAddr net.Addr) error {
+	udp, err := net.ListenPacket("udp", tcpAddr.String())
+	if err != nil {
+		return fmt.Errorf("ICE-UDP on the same port: %w", err)
+	}
+	s.udp = udp
+	s.udpMux = webrtc.NewICEUDPMux(s.cfg.LoggerFactory.NewLogger("udpmux"), udp)
+	return nil
+}
+
+func (s *Server) settingEngine(addr net.Addr) webrtc.SettingEngine {
+	var se webrtc.SettingEngine
+	se.LoggerFactory = s.cfg.LoggerFactory
+	se.SetICETCPMux(s.mux)
+	types := []webrtc.NetworkType{webrtc.NetworkTypeTCP4, webrtc.NetworkTypeTCP6}
+	if s.udpMux != nil {
+		se.SetICEUDPMux(s.udpMux)
+		types = append(types, webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6)
+	}
+	se.SetNetworkTypes(types)
+	if s.cfg.Loopback || addr.(*net.TCPAddr).IP.IsLoopback() {
+		se.SetIncludeLoopbackCandidate(true)
+	}
+	if s.cfg.NAT1To1IP != "" {
+		se.SetNAT1To1IPs([]string{s.cfg.NAT1To1IP}, webrtc.ICECandidateTypeHost)
+	}
+	return se
+}
+
+func (s *Server) serveHTTP() error {
+	handler := http.NewServeMux()
+	handler.HandleFunc("GET /{$}", s.page)
+	handler.HandleFunc("POST /offer", s.offer)
+	handler.HandleFunc("POST /report", s.report)
+	handler.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	handler.Handle("GET /debug/vars", expvar.Handler())
+	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	fallback := s.mux.FallbackListener()
+	if !s.cfg.PlainHTTP {
+		cert, err := s.certificate()
+		if err != nil {
+			return err
+		}
+		s.http.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		fallback = tls.NewListener(fallback, s.http.TLSConfig)
+	}
+	go func() {
+		defer close(s.served)
+		_ = s.http.Serve(fallback)
+	}()
+	return nil
+}
+
+func (s *Server) certificate() (tls.Certificate, error) {
+	if s.cfg.CertFile != "" || s.cfg.KeyFile != "" {
+		return tls.LoadX509KeyPair(s.cfg.CertFile, s.cfg.KeyFile)
+	}
+	return selfSigned()
+}
+
+// Addr is the address the server listens on (TCP; UDP has the same port).
+func (s *Server) Addr() net.Addr { return s.mux.LocalAddr() }
+
+// URL is the page's address.
+func (s *Server) URL() string {
+	scheme := "https"
+	if s.cfg.PlainHTTP {
+		scheme = "http"
+	}
+	return scheme + "://" + s.Addr().String() + "/"
+}
+
+// Mux is the server's TCP mux.
+func (s *Server) Mux() *tcpmux.TCPMuxDefault { return s.mux }
+
+// Reports yields what echo pages report when they are done.
+func (s *Server) Reports() <-chan Report { return s.reports }
+
+// Sessions is the number of live WebRTC sessions.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// SelectedProtocols lists the protocol ("tcp" or "udp") of every live
+// session's selected ICE candidate pair, from the server's side.
+func (s *Server) SelectedProtocols() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var protocols []string
+	for _, sess := range s.sessions {
+		if p := sess.selectedProtocol(); p != "" {
+			protocols = append(protocols, p)
+		}
+	}
+	return protocols
+}
+
+// Close stops the HTTP side, closes every session, then the muxes. It
+// waits for the HTTP server's goroutine.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	errs := []error{}
+	if s.http != nil {
+		errs = append(errs, s.http.Shutdown(ctx))
+	}
+	for _, sess := range sessions {
+		sess.close()
+	}
+	errs = append(errs, s.mux.Close())
+	if s.udpMux != nil {
+		errs = append(errs, s.udpMux.Close())
+		_ = s.udp.Close() // if the mux did not
+	}
+	if s.http != nil {
+		<-s.served
+	}
+	return errors.Join(errs...)
+}
+
+// password is the mux's PasswordLookup: the live sessions' credentials.
+func (s *Server) password(ufrag string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pwd, ok := s.creds[ufrag]
+	return pwd, ok
+}
+
+//go:embed page.html
+var page []byte
+
+func (s *Server) page(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_, _ = w.Write(page)
+}
+
+// offerRequest is the page's POST /offer: an SDP offer, and the session it
+// renegotiates (an ICE restart), if any.
+type offerRequest struct {
+	SDP     string `json:"sdp"`
+	Session string `json:"session,omitempty"`
+}
+
+type offerResponse struct {
+	SDP     string `json:"sdp"`
+	Session string `json:"session"`
+}
+
+func (s *Server) offer(w http.ResponseWriter, r *http.Request) {
+	var req offerRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil {
+		http.Error(w, "bad offer: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	sess, err := s.sessionFor(req.Session)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	answer, err := sess.answer(r.Context(), req.SDP)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(offerResponse{SDP: answer, Session: sess.id})
+}
+
+func (s *Server) report(w http.ResponseWriter, r *http.Request) {
+	var rep Report
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<10)).Decode(&rep); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	select {
+	case s.reports <- rep:
+	default: // nobody is collecting
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// sessionFor returns the session id names, or a new one for "".
+func (s *Server) sessionFor(id string) (*session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errors.New("server closing")
+	}
+	if id != "" {
+		sess := s.sessions[id]
+		if sess == nil {
+			return nil, fmt.Errorf("no session %q", id)
+		}
+		return sess, nil
+	}
+	pc, err := s.api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, err
+	}
+	s.nextID++
+	sess := &session{server: s, id: fmt.Sprint(s.nextID), pc: pc}
+	s.sessions[sess.id] = sess
+	sess.watch()
+	return sess, nil
+}
+
+// register makes ufrag's password known to PasswordLookup.
+func (s *Server) register(sess *session, ufrag, pwd string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.creds[ufrag] = pwd
+	sess.ufrags = append(sess.ufrags, ufrag)
+}
+
+// forget removes a closed session and its credentials.
+func (s *Server) forget(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, sess.id)
+	for _, ufrag := range sess.ufrags {
+		delete(s.creds, ufrag)
+	}
+}
+
+// session is one browser's PeerConnection.
+type session struct {
+	server *Server
+	id     string
+	pc     *webrtc.PeerConnection
+	ufrags []string // guarded by server.mu
+	once   sync.Once
+}
+
+// watch echoes every DataChannel message and ends the session when the
+// connection closes or fails.
+func (sess *session) watch() {
+	sess.pc.OnDataChannel(func(dc *webrtc.DataChannel) {
+		dc.OnMessage(func(msg webrtc.DataChannelMessage) {
+			if msg.IsString {
+				_ = dc.SendText(string(msg.Data))
+			} else {
+				_ = dc.Send(msg.Data)
+			}
+		})
+	})
+	sess.pc.OnConnectionStateChange(func(state webrtc.PeerConnectionState) {
+		if state == webrtc.PeerConnectionStateFailed || state == webrtc.PeerConnectionStateClosed {
+			go sess.close() // not on pion's callback goroutine
+		}
+	})
+}
+
+// answer applies an offer (a new session's, or an ICE restart's) and
+// returns the answer with every candidate, having registered the
+// session's current credentials for PasswordLookup.
+func (sess *session) answer(ctx context.Context, offer string) (string, error) {
+	pc := sess.pc
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		return "", err
+	}
+	answer, err := pc.CreateAnswer(nil)
+	if err != nil {
+		return "", err
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(answer); err != nil {
+		return "", err
+	}
+	if ufrag, pwd := iceCredentials(answer.SDP); ufrag != "" {
+		sess.server.register(sess, ufrag, pwd)
+	}
+	select {
+	case <-gathered:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	return pc.LocalDescription().SDP, nil
+}
+
+func (sess *session) close() {
+	sess.once.Do(func() {
+		sess.server.forget(sess)
+		_ = sess.pc.Close()
+	})
+}
+
+// selectedProtocol is the protocol of the selected candidate pair, or "".
+func (sess *session) selectedProtocol() string {
+	sctp := sess.pc.SCTP()
+	if sctp == nil {
+		return ""
+	}
+	pair, err := sctp.Transport().ICETransport().GetSelectedCandidatePair()
+	if err != nil || pair == nil {
+		return ""
+	}
+	return pair.Local.Protocol.String()
+}
+
+// iceCredentials reads the first a=ice-ufrag and a=ice-pwd of an SDP.
+func iceCredentials(sdp string) (ufrag, pwd string) {
+	for _, line := range strings.Split(sdp, "\n") {
+		line = strings.TrimSpace(line)
+		if v, ok := strings.CutPrefix(line, "a=ice-ufrag:"); ok && ufrag == "" {
+			ufrag = v
+		}
+		if v, ok := strings.CutPrefix(line, "a=ice-pwd:"); ok && pwd == "" {
+			pwd = v
+		}
+	}
+	return ufrag, pwd
+}

@@ -185,3 +185,26 @@ func TestExampleServerMetrics(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, srv.Mux().Stats().FallbackConns, uint64(1))
 }
+
+// With a NAT 1:1 address, the answer's host candidates carry it instead
+// of the server's own address.
+func TestExampleServerNAT1To1(t *testing.T) {
+	leakCheck(t)
+	srv, err := exampleserver.Start(exampleserver.Config{
+		Addr: "127.0.0.1:0", PlainHTTP: true, TCPOnly: true, NAT1To1IP: "203.0.113.7", LoggerFactory: loggers,
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	client := httpClient()
+	t.Cleanup(client.CloseIdleConnections)
+	pc, err := webrtcTCPOnly(nil).NewPeerConnection(webrtc.Configuration{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = pc.Close() })
+	_, err = pc.CreateDataChannel("echo", nil)
+	require.NoError(t, err)
+	signal(t, client, srv, pc, "", nil)
+	answer := pc.RemoteDescription().SDP
+	port := srv.Addr().(*net.TCPAddr).Port
+	require.Contains(t, answer, fmt.Sprintf("203.0.113.7 %d typ host tcptype passive", port))
+	require.NotContains(t, answer, "127.0.0.1 ", "the host's own address is replaced")
+}

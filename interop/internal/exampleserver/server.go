@@ -122,7 +122,12 @@ func Start(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
-	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(s.settingEngine(ln.Addr())))
+	se, err := s.settingEngine(ln.Addr())
+	if err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("NAT 1:1 address: %w", err)
+	}
+	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se))
 	s.registry.MustRegister(metrics.NewCollector(s.mux, nil))
 	if err := s.serveHTTP(); err != nil {
 		_ = s.Close()
@@ -141,7 +146,7 @@ func (s *Server) listenUDP(tcpAddr net.Addr) error {
 	return nil
 }
 
-func (s *Server) settingEngine(addr net.Addr) webrtc.SettingEngine {
+func (s *Server) settingEngine(addr net.Addr) (webrtc.SettingEngine, error) {
 	var se webrtc.SettingEngine
 	se.LoggerFactory = s.cfg.LoggerFactory
 	se.SetICETCPMux(s.mux)
@@ -155,9 +160,17 @@ func (s *Server) settingEngine(addr net.Addr) webrtc.SettingEngine {
 		se.SetIncludeLoopbackCandidate(true)
 	}
 	if s.cfg.NAT1To1IP != "" {
-		se.SetNAT1To1IPs([]string{s.cfg.NAT1To1IP}, webrtc.ICECandidateTypeHost)
+		// Host candidates carry the public address instead of the host's.
+		err := se.SetICEAddressRewriteRules(webrtc.ICEAddressRewriteRule{
+			External:        []string{s.cfg.NAT1To1IP},
+			AsCandidateType: webrtc.ICECandidateTypeHost,
+			Mode:            webrtc.ICEAddressRewriteReplace,
+		})
+		if err != nil {
+			return se, err
+		}
 	}
-	return se
+	return se, nil
 }
 
 func (s *Server) serveHTTP() error {

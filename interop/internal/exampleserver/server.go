@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -426,9 +425,11 @@ func (sess *session) answer(ctx context.Context, offer string) (string, error) {
 	if err := pc.SetLocalDescription(answer); err != nil {
 		return "", err
 	}
-	if ufrag, pwd := iceCredentials(answer.SDP); ufrag != "" {
-		sess.server.register(sess, ufrag, pwd)
+	local, err := pc.SCTP().Transport().ICETransport().GetLocalParameters()
+	if err != nil {
+		return "", err
 	}
+	sess.server.register(sess, local.UsernameFragment, local.Password)
 	select {
 	case <-gathered:
 	case <-ctx.Done():
@@ -455,18 +456,4 @@ func (sess *session) selectedProtocol() string {
 		return ""
 	}
 	return pair.Local.Protocol.String()
-}
-
-// iceCredentials reads the first a=ice-ufrag and a=ice-pwd of an SDP.
-func iceCredentials(sdp string) (ufrag, pwd string) {
-	for _, line := range strings.Split(sdp, "\n") {
-		line = strings.TrimSpace(line)
-		if v, ok := strings.CutPrefix(line, "a=ice-ufrag:"); ok && ufrag == "" {
-			ufrag = v
-		}
-		if v, ok := strings.CutPrefix(line, "a=ice-pwd:"); ok && pwd == "" {
-			pwd = v
-		}
-	}
-	return ufrag, pwd
 }

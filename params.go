@@ -163,6 +163,7 @@ type ParamError struct {
 	Want  string // the valid range
 }
 
+// Error names the field, its value and the valid range.
 func (e ParamError) Error() string {
 	return fmt.Sprintf("tcpmux: invalid TCPMuxParams.%s %d: want %s", e.Field, e.Value, e.Want)
 }

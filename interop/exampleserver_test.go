@@ -208,3 +208,35 @@ func TestExampleServerNAT1To1(t *testing.T) {
 	require.Contains(t, answer, fmt.Sprintf("203.0.113.7 %d typ host tcptype passive", port))
 	require.NotContains(t, answer, "127.0.0.1 ", "the host's own address is replaced")
 }
+
+// Offers past MaxSessions are refused: anyone who can POST cannot make the
+// server hold unbounded PeerConnections.
+func TestExampleServerBoundsSessions(t *testing.T) {
+	leakCheck(t)
+	srv, err := exampleserver.Start(exampleserver.Config{
+		Addr: "127.0.0.1:0", PlainHTTP: true, TCPOnly: true, MaxSessions: 2, LoggerFactory: loggers,
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	client := httpClient()
+	t.Cleanup(client.CloseIdleConnections)
+	offer := func() int {
+		pc, err := webrtcTCPOnly(nil).NewPeerConnection(webrtc.Configuration{})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = pc.Close() })
+		_, err = pc.CreateDataChannel("echo", nil)
+		require.NoError(t, err)
+		o, err := pc.CreateOffer(nil)
+		require.NoError(t, err)
+		body, _ := json.Marshal(map[string]string{"sdp": o.SDP})
+		resp, err := client.Post(srv.URL()+"offer", "application/json", bytes.NewReader(body))
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusOK, offer())
+	require.Equal(t, http.StatusOK, offer())
+	require.Equal(t, http.StatusServiceUnavailable, offer())
+	require.Equal(t, 2, srv.Sessions())
+}

@@ -33,6 +33,7 @@ func main() {
 	flag.BoolVar(&cfg.TCPOnly, "tcp-only", false, "no ICE-UDP: every session goes through the TCP mux")
 	flag.StringVar(&cfg.NAT1To1IP, "nat1to1", "", "public IP to advertise in ICE candidates (server behind 1:1 NAT)")
 	flag.BoolVar(&cfg.Loopback, "loopback", false, "include loopback candidates (automatic when -addr is a loopback address)")
+	flag.IntVar(&cfg.MaxSessions, "max-sessions", 1000, "live WebRTC sessions at most; offers past it get 503")
 	verbose := flag.Bool("v", false, "log pion's and the mux's warnings")
 	flag.Parse()
 

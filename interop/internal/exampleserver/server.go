@@ -52,6 +52,11 @@ type Config struct {
 	// Loopback includes loopback candidates (a server tried on one
 	// machine). It is on automatically when Addr is a loopback address.
 	Loopback bool
+	// MaxSessions bounds the live WebRTC sessions: an offer past it gets
+	// 503, so that anyone who can POST cannot exhaust the server. A session
+	// that never connects ends when pion's ICE gives up on it.
+	// 0: 1000.
+	MaxSessions int
 	// LoggerFactory is pion's logger factory; nil: errors only.
 	LoggerFactory logging.LoggerFactory
 }
@@ -89,6 +94,9 @@ type Server struct {
 func Start(cfg Config) (*Server, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = ":8443"
+	}
+	if cfg.MaxSessions == 0 {
+		cfg.MaxSessions = 1000
 	}
 	if cfg.LoggerFactory == nil {
 		f := logging.NewDefaultLoggerFactory()
@@ -312,7 +320,11 @@ func (s *Server) offer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess, err := s.sessionFor(req.Session)
-	if err != nil {
+	switch {
+	case errors.Is(err, errTooManySessions):
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	case err != nil:
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return
 	}
@@ -338,6 +350,8 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+var errTooManySessions = errors.New("too many sessions")
+
 // sessionFor returns the session id names, or a new one for "".
 func (s *Server) sessionFor(id string) (*session, error) {
 	s.mu.Lock()
@@ -351,6 +365,9 @@ func (s *Server) sessionFor(id string) (*session, error) {
 			return nil, fmt.Errorf("no session %q", id)
 		}
 		return sess, nil
+	}
+	if len(s.sessions) >= s.cfg.MaxSessions {
+		return nil, errTooManySessions
 	}
 	pc, err := s.api.NewPeerConnection(webrtc.Configuration{})
 	if err != nil {

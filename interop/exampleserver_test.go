@@ -240,3 +240,58 @@ func TestExampleServerBoundsSessions(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, offer())
 	require.Equal(t, 2, srv.Sessions())
 }
+
+// Offers that cannot make a session leave none behind, whatever they
+// contain, so that they cannot fill MaxSessions; sessions cannot be
+// renegotiated by guessing their ids.
+func TestExampleServerBadOffers(t *testing.T) {
+	leakCheck(t)
+	srv, err := exampleserver.Start(exampleserver.Config{
+		Addr: "127.0.0.1:0", PlainHTTP: true, TCPOnly: true, MaxSessions: 2, LoggerFactory: loggers,
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	client := httpClient()
+	t.Cleanup(client.CloseIdleConnections)
+	post := func(body string) int {
+		resp, err := client.Post(srv.URL()+"offer", "application/json", strings.NewReader(body))
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for range 5 {
+		require.Equal(t, http.StatusBadRequest, post(`{"sdp":"v=0 garbage"}`))
+	}
+	require.Zero(t, srv.Sessions(), "a garbage offer kept its session")
+	require.Equal(t, http.StatusNotFound, post(`{"sdp":"v=0","session":"1"}`), "session ids are not a counter")
+}
+
+// Bad configurations fail at start, and say why, instead of hanging or
+// failing every offer later.
+func TestExampleServerBadConfig(t *testing.T) {
+	leakCheck(t)
+	for name, cfg := range map[string]exampleserver.Config{
+		"missing certificate":  {CertFile: "/nonexistent.pem", KeyFile: "/nonexistent.key"},
+		"NAT 1:1 not an IP":    {NAT1To1IP: "notanip"},
+		"negative MaxSessions": {MaxSessions: -1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg.Addr, cfg.TCPOnly, cfg.LoggerFactory = "127.0.0.1:0", true, loggers
+			done := make(chan error, 1)
+			go func() {
+				srv, err := exampleserver.Start(cfg)
+				if err == nil {
+					_ = srv.Close()
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				require.Error(t, err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("Start hangs")
+			}
+		})
+	}
+}

@@ -8,7 +8,7 @@
 //
 // Then https://localhost:8443/ (a self-signed certificate is generated at
 // start unless -cert and -key are given), /metrics (Prometheus) and
-// /debug/vars (expvar). SIGINT or SIGTERM shut it down gracefully.
+// /debug/vars (expvar). Ctrl-C, SIGINT or SIGTERM shut it down gracefully.
 package main
 
 import (
@@ -29,11 +29,11 @@ func main() {
 	flag.StringVar(&cfg.Addr, "addr", ":8443", "TCP address to serve (ICE-UDP uses the same port)")
 	flag.StringVar(&cfg.CertFile, "cert", "", "HTTPS certificate file (default: a self-signed one)")
 	flag.StringVar(&cfg.KeyFile, "key", "", "HTTPS key file")
-	flag.BoolVar(&cfg.PlainHTTP, "http", false, "serve the page over plain HTTP (fine on loopback)")
+	flag.BoolVar(&cfg.PlainHTTP, "http", false, "serve the page over plain HTTP (fine on loopback; -cert and -key are then unused)")
 	flag.BoolVar(&cfg.TCPOnly, "tcp-only", false, "no ICE-UDP: every session goes through the TCP mux")
 	flag.StringVar(&cfg.NAT1To1IP, "nat1to1", "", "public IP to advertise in ICE candidates (server behind 1:1 NAT)")
 	flag.BoolVar(&cfg.Loopback, "loopback", false, "include loopback candidates (automatic when -addr is a loopback address)")
-	flag.IntVar(&cfg.MaxSessions, "max-sessions", 1000, "live WebRTC sessions at most; offers past it get 503")
+	flag.IntVar(&cfg.MaxSessions, "max-sessions", 1000, "live WebRTC sessions at most (> 0); offers past it get 503")
 	verbose := flag.Bool("v", false, "log pion's and the mux's warnings")
 	flag.Parse()
 

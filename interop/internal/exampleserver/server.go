@@ -12,8 +12,10 @@ package exampleserver
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"expvar"
@@ -97,6 +99,12 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxSessions == 0 {
 		cfg.MaxSessions = 1000
+	}
+	if cfg.MaxSessions < 0 {
+		return nil, fmt.Errorf("MaxSessions %d is negative", cfg.MaxSessions)
+	}
+	if cfg.NAT1To1IP != "" && net.ParseIP(cfg.NAT1To1IP) == nil {
+		return nil, fmt.Errorf("NAT 1:1 address %q is not an IP address", cfg.NAT1To1IP)
 	}
 	if cfg.LoggerFactory == nil {
 		f := logging.NewDefaultLoggerFactory()
@@ -187,16 +195,25 @@ func (s *Server) serveHTTP() error {
 	handler.HandleFunc("POST /report", s.report)
 	handler.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 	handler.Handle("GET /debug/vars", expvar.Handler())
-	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler: handler,
+		// Connections handed over by the mux leave its limits: these bound
+		// what a slow or idle HTTP client holds.
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+	}
 	fallback := s.mux.FallbackListener()
 	if !s.cfg.PlainHTTP {
 		cert, err := s.certificate()
 		if err != nil {
-			return err
+			return fmt.Errorf("HTTPS certificate: %w", err)
 		}
-		s.http.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		fallback = tls.NewListener(fallback, s.http.TLSConfig)
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		fallback = tls.NewListener(fallback, srv.TLSConfig)
 	}
+	s.http = srv // from here on, Close waits for Serve
 	go func() {
 		defer close(s.served)
 		_ = s.http.Serve(fallback)
@@ -214,13 +231,19 @@ func (s *Server) certificate() (tls.Certificate, error) {
 // Addr is the address the server listens on (TCP; UDP has the same port).
 func (s *Server) Addr() net.Addr { return s.mux.LocalAddr() }
 
-// URL is the page's address.
+// URL is the page's address (on localhost when the server listens on
+// every address).
 func (s *Server) URL() string {
 	scheme := "https"
 	if s.cfg.PlainHTTP {
 		scheme = "http"
 	}
-	return scheme + "://" + s.Addr().String() + "/"
+	addr := s.Addr().(*net.TCPAddr)
+	host := addr.IP.String()
+	if addr.IP.IsUnspecified() {
+		host = "localhost"
+	}
+	return scheme + "://" + net.JoinHostPort(host, fmt.Sprint(addr.Port)) + "/"
 }
 
 // Mux is the server's TCP mux.
@@ -330,6 +353,9 @@ func (s *Server) offer(w http.ResponseWriter, r *http.Request) {
 	}
 	answer, err := sess.answer(r.Context(), req.SDP)
 	if err != nil {
+		if req.Session == "" {
+			sess.close() // a bad first offer leaves nothing behind
+		}
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
@@ -354,38 +380,70 @@ var errTooManySessions = errors.New("too many sessions")
 
 // sessionFor returns the session id names, or a new one for "".
 func (s *Server) sessionFor(id string) (*session, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil, errors.New("server closing")
-	}
 	if id != "" {
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		sess := s.sessions[id]
 		if sess == nil {
 			return nil, fmt.Errorf("no session %q", id)
 		}
 		return sess, nil
 	}
-	if len(s.sessions) >= s.cfg.MaxSessions {
-		return nil, errTooManySessions
+	if s.Sessions() >= s.cfg.MaxSessions {
+		return nil, errTooManySessions // early, before the costly part
 	}
+	// Made outside the lock: it generates a DTLS certificate, and
+	// PasswordLookup takes the lock.
 	pc, err := s.api.NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		return nil, err
 	}
-	s.nextID++
-	sess := &session{server: s, id: fmt.Sprint(s.nextID), pc: pc}
-	s.sessions[sess.id] = sess
+	sess := &session{server: s, id: randomID(), pc: pc}
 	sess.watch()
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		err = errors.New("server closing")
+	case len(s.sessions) >= s.cfg.MaxSessions:
+		err = errTooManySessions
+	default:
+		s.sessions[sess.id] = sess
+	}
+	s.mu.Unlock()
+	if err != nil {
+		sess.close()
+		return nil, err
+	}
 	return sess, nil
 }
 
-// register makes ufrag's password known to PasswordLookup.
+// randomID names a session: it is the capability to renegotiate it, so it
+// must not be guessable.
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// register makes ufrag's password known to PasswordLookup, for a session
+// still live. Only its current and previous credentials stay known (the
+// previous ones until the restart completes), so restarts cannot grow the
+// table.
 func (s *Server) register(sess *session, ufrag, pwd string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.sessions[sess.id] != sess {
+		return // closed meanwhile
+	}
+	if n := len(sess.ufrags); n > 0 && sess.ufrags[n-1] == ufrag {
+		return
+	}
 	s.creds[ufrag] = pwd
 	sess.ufrags = append(sess.ufrags, ufrag)
+	if len(sess.ufrags) > 2 {
+		delete(s.creds, sess.ufrags[0])
+		sess.ufrags = sess.ufrags[1:]
+	}
 }
 
 // forget removes a closed session and its credentials.
@@ -404,6 +462,7 @@ type session struct {
 	id     string
 	pc     *webrtc.PeerConnection
 	ufrags []string // guarded by server.mu
+	timer  *time.Timer
 	once   sync.Once
 }
 
@@ -419,12 +478,29 @@ func (sess *session) watch() {
 			}
 		})
 	})
+	connected := make(chan struct{})
+	var once sync.Once
 	sess.pc.OnConnectionStateChange(func(state webrtc.PeerConnectionState) {
-		if state == webrtc.PeerConnectionStateFailed || state == webrtc.PeerConnectionStateClosed {
+		switch state {
+		case webrtc.PeerConnectionStateConnected:
+			once.Do(func() { close(connected) })
+		case webrtc.PeerConnectionStateFailed, webrtc.PeerConnectionStateClosed:
 			go sess.close() // not on pion's callback goroutine
 		}
 	})
+	// An offer that never leads to a connection (abandoned, or made to
+	// hold a slot) does not keep its session.
+	sess.timer = time.AfterFunc(connectTimeout, func() {
+		select {
+		case <-connected:
+		default:
+			sess.close()
+		}
+	})
 }
+
+// connectTimeout is how long a new session may take to connect.
+const connectTimeout = 30 * time.Second
 
 // answer applies an offer (a new session's, or an ICE restart's) and
 // returns the answer with every candidate, having registered the
@@ -457,6 +533,9 @@ func (sess *session) answer(ctx context.Context, offer string) (string, error) {
 
 func (sess *session) close() {
 	sess.once.Do(func() {
+		if sess.timer != nil {
+			sess.timer.Stop()
+		}
 		sess.server.forget(sess)
 		_ = sess.pc.Close()
 	})

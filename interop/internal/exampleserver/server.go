@@ -88,7 +88,6 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	creds    map[string]string // server ufrag -> password, for PasswordLookup
-	nextID   int
 	closed   bool
 }
 

@@ -23,12 +23,15 @@ import (
 // unless udp, and closes it at cleanup.
 func startExampleServer(t *testing.T, plainHTTP, udp bool) *exampleserver.Server {
 	t.Helper()
-	srv, err := exampleserver.Start(exampleserver.Config{
-		Addr:          "127.0.0.1:0",
-		PlainHTTP:     plainHTTP,
-		TCPOnly:       !udp,
-		LoggerFactory: loggers,
-	})
+	return startExampleServerWith(t, exampleserver.Config{PlainHTTP: plainHTTP, TCPOnly: !udp})
+}
+
+// startExampleServerWith runs the example server with cfg on a loopback
+// port and closes it at cleanup.
+func startExampleServerWith(t *testing.T, cfg exampleserver.Config) *exampleserver.Server {
+	t.Helper()
+	cfg.Addr, cfg.LoggerFactory = "127.0.0.1:0", loggers
+	srv, err := exampleserver.Start(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, srv.Close()) })
 	return srv
@@ -190,11 +193,7 @@ func TestExampleServerMetrics(t *testing.T) {
 // of the server's own address.
 func TestExampleServerNAT1To1(t *testing.T) {
 	leakCheck(t)
-	srv, err := exampleserver.Start(exampleserver.Config{
-		Addr: "127.0.0.1:0", PlainHTTP: true, TCPOnly: true, NAT1To1IP: "203.0.113.7", LoggerFactory: loggers,
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	srv := startExampleServerWith(t, exampleserver.Config{PlainHTTP: true, TCPOnly: true, NAT1To1IP: "203.0.113.7"})
 	client := httpClient()
 	t.Cleanup(client.CloseIdleConnections)
 	pc, err := webrtcTCPOnly(nil).NewPeerConnection(webrtc.Configuration{})
@@ -213,11 +212,7 @@ func TestExampleServerNAT1To1(t *testing.T) {
 // server hold unbounded PeerConnections.
 func TestExampleServerBoundsSessions(t *testing.T) {
 	leakCheck(t)
-	srv, err := exampleserver.Start(exampleserver.Config{
-		Addr: "127.0.0.1:0", PlainHTTP: true, TCPOnly: true, MaxSessions: 2, LoggerFactory: loggers,
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	srv := startExampleServerWith(t, exampleserver.Config{PlainHTTP: true, TCPOnly: true, MaxSessions: 2})
 	client := httpClient()
 	t.Cleanup(client.CloseIdleConnections)
 	offer := func() int {
@@ -246,11 +241,7 @@ func TestExampleServerBoundsSessions(t *testing.T) {
 // renegotiated by guessing their ids.
 func TestExampleServerBadOffers(t *testing.T) {
 	leakCheck(t)
-	srv, err := exampleserver.Start(exampleserver.Config{
-		Addr: "127.0.0.1:0", PlainHTTP: true, TCPOnly: true, MaxSessions: 2, LoggerFactory: loggers,
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	srv := startExampleServerWith(t, exampleserver.Config{PlainHTTP: true, TCPOnly: true, MaxSessions: 2})
 	client := httpClient()
 	t.Cleanup(client.CloseIdleConnections)
 	post := func(body string) int {

@@ -61,7 +61,7 @@ type tableEntry struct {
 
 // admissionTable holds every connection between accept and the end of its
 // accounting. Guarded by TCPMuxDefault.mu; the levels it keeps are mirrored
-// to stats for lock-free snapshots.
+// to stats, which Stats reads under the same lock.
 type admissionTable struct {
 	stats   *counters
 	sources map[netip.Prefix]*source

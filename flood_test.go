@@ -129,6 +129,20 @@ func (s *floodSampler) finish(t testing.TB) {
 	}
 }
 
+// endFlood stops the attacker and the sampler and checks what every flood
+// must leave: at least 90 percent of the honest peers admitted, by evicting
+// the attacker's connections. It returns the final Stats.
+func endFlood(t *testing.T, m *TCPMuxDefault, attacker *floodAttacker, sampler *floodSampler, admitted, honest int) Stats {
+	t.Helper()
+	attacker.finish()
+	sampler.finish(t)
+	s := m.Stats()
+	t.Logf("attacker: %d dials (%d failed), %d closed by the mux; stats: %+v", attacker.dials.Load(), attacker.failures.Load(), attacker.closed.Load(), s)
+	require.GreaterOrEqual(t, float64(admitted), 0.9*float64(honest), "at least 90 percent of honest peers get in")
+	require.Positive(t, s.Rejected.Evicted)
+	return s
+}
+
 // floodAttacker keeps workers connections open from one source, re-dialing
 // each one the mux closes, until stopped or until it has dialed maxDials
 // times. A connection sends first(n) if first is not nil (n numbers the
@@ -376,12 +390,7 @@ func TestFloodPendingFromOneSource(t *testing.T) {
 	admitted := runHonestWaves(t, m, peers, 5, full)
 	eventually(t, full, "the attacker still holds the pending table after the last wave")
 
-	attacker.finish()
-	sampler.finish(t)
-	s := m.Stats()
-	t.Logf("attacker: %d dials (%d failed), %d closed by the mux; stats: %+v", attacker.dials.Load(), attacker.failures.Load(), attacker.closed.Load(), s)
-	require.GreaterOrEqual(t, float64(admitted), 0.9*honestN, "at least 90 percent of honest peers get in")
-	require.Positive(t, s.Rejected.Evicted)
+	s := endFlood(t, m, attacker, sampler, admitted, honestN)
 	require.Zero(t, s.Rejected.Limit, "MaxPendingConnections evicts, it never refuses")
 
 	// Quiescent now: the attacker's connections have all gone (rejected:
@@ -451,12 +460,7 @@ func TestFloodUnclaimedFillsMaxConnections(t *testing.T) {
 			p.roundTrip(t, []byte("during the flood"))
 		}
 	}
-	attacker.finish()
-	sampler.finish(t)
-	s := m.Stats()
-	t.Logf("attacker: %d dials (%d failed), %d closed by the mux; stats: %+v", attacker.dials.Load(), attacker.failures.Load(), attacker.closed.Load(), s)
-	require.GreaterOrEqual(t, float64(admitted), 0.9*honestN, "at least 90 percent of honest peers get in")
-	require.Positive(t, s.Rejected.Evicted)
+	s := endFlood(t, m, attacker, sampler, admitted, honestN)
 	require.Positive(t, s.UnclaimedExpired, "an evicted connection closes its unclaimed PacketConn")
 	require.Zero(t, s.Rejected.Limit, "there was always an evictable connection")
 

@@ -16,6 +16,9 @@ import (
 // queue refuses a push; the TCP reader then waits on writable, so a slow
 // application slows its peers down through TCP instead of losing packets.
 // Both tables grow on demand: a queue costs what it holds.
+//
+// The queue knows nothing of its readers: a push reports when the queue
+// stops being empty, and the PacketConn wakes them (tcpPacketConn.readable).
 type packetQueue struct {
 	mu       sync.Mutex
 	data     []byte // circular; packets in FIFO order starting at head
@@ -27,26 +30,13 @@ type packetQueue struct {
 	count    int
 	maxCount int
 	blocked  int // pushers waiting on writable
-	waiting  int // readers waiting on readable
 	closed   bool
+	received *counters // a packet counts as received once queued
 
-	// readable and writable carry one wake-up token each. A woken waiter
-	// that leaves work behind passes the token on, so one token serves any
-	// number of waiters without a thundering herd.
-	readable chan struct{}
+	// writable carries one wake-up token for blocked pushers; one that
+	// pushes and leaves room passes it on, so one token serves them all.
 	writable chan struct{}
-
-	lending // the direct read path (direct_read.go)
 }
-
-// popResult tells a reader what pop gave it.
-type popResult uint8
-
-const (
-	popEmpty  popResult = iota // nothing: wait on readable and retry
-	popPacket                  // a packet, or an error
-	popLease                   // the lent socket: read it, then returnLease
-)
 
 // queuedPacket keeps only the sender's address, not its connection: a
 // packet outliving its connection must not keep the connection's buffers
@@ -64,11 +54,11 @@ const minQueueBytes = 256
 // minQueueEntries is the first size of a queue's packet table.
 const minQueueEntries = 4
 
-func newPacketQueue(maxPackets, maxBytes int) *packetQueue {
+func newPacketQueue(maxPackets, maxBytes int, received *counters) *packetQueue {
 	return &packetQueue{
 		maxBytes: maxBytes,
 		maxCount: maxPackets,
-		readable: make(chan struct{}, 1),
+		received: received,
 		writable: make(chan struct{}, 1),
 	}
 }
@@ -81,33 +71,37 @@ func (q *packetQueue) setMaxBytes(n int) {
 	blocked := q.blocked > 0
 	q.mu.Unlock()
 	if blocked {
-		wake(q.writable)
+		signal(q.writable)
 	}
 }
 
-func wake(ch chan struct{}) {
+// signal leaves a wake-up token in ch, a channel of capacity 1, unless one
+// is already there.
+func signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
 	default:
 	}
 }
 
-// push queues a copy of p from the peer at from. It returns false if the queue is full;
-// the caller then waits on q.writable and calls push again with retry set,
-// or calls cancelWait if it gives up.
-func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok bool, err error) {
+// push queues a copy of p from the peer at from, counting it as received
+// before any reader can see it, and reports whether the queue was empty.
+// It returns ok false if the queue is full: the caller then waits on
+// writable and calls push again with retry set, or calls cancelWait if it
+// gives up.
+func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok, wasEmpty bool, err error) {
 	q.mu.Lock()
 	if retry {
 		q.blocked--
 	}
 	if q.closed {
 		q.mu.Unlock()
-		return false, ErrConnClosed
+		return false, false, ErrConnClosed
 	}
 	if !q.reserveEntry() || !q.reserve(len(p)) {
 		q.blocked++
 		q.mu.Unlock()
-		return false, nil
+		return false, false, nil
 	}
 	if len(p) > 0 {
 		tail := (q.head + q.used) % len(q.data)
@@ -118,18 +112,15 @@ func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok bool, er
 	q.entries[(q.first+q.count)%len(q.entries)] = queuedPacket{size: len(p), from: from}
 	q.count++
 	q.used += len(p)
-	// Readers only wait on an empty queue, and pass the token on while
-	// packets remain, so only the first packet needs to wake one.
-	wakeReader := q.count == 1 && q.waiting > 0
+	q.received.packetsReceived.Add(1)
+	q.received.bytesReceived.Add(uint64(len(p)))
+	wasEmpty = q.count == 1
 	passBaton := q.blocked > 0 && q.count < q.maxCount
 	q.mu.Unlock()
-	if wakeReader {
-		wake(q.readable)
-	}
 	if passBaton {
-		wake(q.writable)
+		signal(q.writable)
 	}
-	return true, nil
+	return true, wasEmpty, nil
 }
 
 // cancelWait undoes the blocked count of a push that will not be retried.
@@ -180,29 +171,17 @@ func (q *packetQueue) reserve(n int) bool {
 	return true
 }
 
-// pop moves the oldest packet into b. If the queue is empty it lends h the
-// socket of the PacketConn's only connection when that is on offer, and
-// otherwise counts h as waiting: the caller then waits on q.readable and
-// calls pop again with retry set, or calls cancelRead if it gives up. A
-// packet larger than b is dropped and reported as io.ErrShortBuffer.
-func (q *packetQueue) pop(b []byte, retry bool, h *tcpPacketConn) (n int, from *net.TCPAddr, lent *streamConn, res popResult, err error) {
+// pop moves the oldest packet into b; ok is false if the queue is empty.
+// A packet larger than b is dropped and reported as io.ErrShortBuffer.
+func (q *packetQueue) pop(b []byte) (n int, from *net.TCPAddr, ok bool, err error) {
 	q.mu.Lock()
-	if retry {
-		q.waiting--
-	}
 	if q.closed {
 		q.mu.Unlock()
-		return 0, nil, nil, popPacket, ErrConnClosed
+		return 0, nil, true, ErrConnClosed
 	}
 	if q.count == 0 {
-		if lent := q.takeLeaseLocked(h); lent != nil {
-			q.mu.Unlock()
-			return 0, nil, lent, popLease, nil
-		}
-		q.waiting++
-		q.requestLeaseLocked()
 		q.mu.Unlock()
-		return 0, nil, nil, popEmpty, nil
+		return 0, nil, false, nil
 	}
 	pkt := q.entries[q.first]
 	q.entries[q.first] = queuedPacket{}
@@ -222,46 +201,35 @@ func (q *packetQueue) pop(b []byte, retry bool, h *tcpPacketConn) (n int, from *
 	if q.count == 0 {
 		q.head = 0 // keeps the next payloads contiguous
 	}
-	// The token goes on while anything is left for the other waiters:
-	// packets, or a lent socket whose offer's wake-up merged with push's.
-	more := q.waiting > 0 && (q.count > 0 || q.leaseOnOfferLocked())
 	pushers := q.blocked > 0
 	q.mu.Unlock()
-	if more {
-		wake(q.readable)
-	}
 	if pushers {
-		wake(q.writable)
+		signal(q.writable)
 	}
-	return n, pkt.from, nil, popPacket, err
+	return n, pkt.from, true, err
 }
 
-// cancelRead undoes the waiting count of a pop that will not be retried.
-// The reader may have taken the wake-up token on its way out, so it passes
-// the token on if packets, or a lent socket, wait for other readers.
-func (q *packetQueue) cancelRead() {
+// len is the number of packets queued.
+func (q *packetQueue) len() int {
 	q.mu.Lock()
-	q.waiting--
-	passBaton := q.waiting > 0 && (q.count > 0 || q.leaseOnOfferLocked())
-	q.mu.Unlock()
-	if passBaton {
-		wake(q.readable)
+	defer q.mu.Unlock()
+	return q.count
+}
+
+// releaseIfEmpty drops the byte buffer of an empty queue: its session went
+// idle.
+func (q *packetQueue) releaseIfEmpty() {
+	q.mu.Lock()
+	if q.count == 0 {
+		q.data, q.head = nil, 0
 	}
+	q.mu.Unlock()
 }
 
 // close drops every queued packet and refuses further pushes and pops.
 func (q *packetQueue) close() {
 	q.mu.Lock()
 	q.closed = true
-	if c := q.direct.Load(); c != nil {
-		c.lendAnswered() // an ask to it is void: no passed deadline left behind
-	}
-	q.direct.Store(nil)
-	// Not dropLeaseLocked: a reader may still be in the socket. The lender
-	// leaves when its connection closes, which comes next and also ends
-	// the holder's read.
-	q.lease = nil
-	q.state.Store(leaseNone)
 	q.data, q.entries = nil, nil
 	q.count, q.used = 0, 0
 	q.mu.Unlock()

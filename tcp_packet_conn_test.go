@@ -1632,28 +1632,26 @@ func testRoundTripAllocs(t *testing.T, size, writeBufferSize int, api string) {
 }
 
 // A reader that takes the wake-up token and then gives up (deadline,
-// Close) passes it on: another parked reader must still get the packet.
+// Close) passes it on: another waiting reader must still get the packet.
 func TestQueueReaderGivingUpPassesWakeUp(t *testing.T) {
-	q := newPacketQueue(8, 1<<16)
-	buf := make([]byte, 16)
-	for range 2 { // readers A and B park
-		_, _, _, res, err := q.pop(buf, false, nil)
-		require.NoError(t, err)
-		require.Equal(t, popEmpty, res)
-	}
-	ok, err := q.push(nil, []byte("x"), false)
+	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16, &counters{}), readable: make(chan struct{}, 1)}
+	pc.loan.readable = pc.readable
+	ok, wasEmpty, err := pc.queue.push(nil, []byte("x"), false)
 	require.NoError(t, err)
 	require.True(t, ok)
-	<-q.readable   // A is woken...
-	q.cancelRead() // ...and leaves on its deadline instead of popping
+	require.True(t, wasEmpty, "the first packet must wake a reader")
+	signal(pc.readable)
+	<-pc.readable     // A is woken...
+	pc.passReadable() // ...and leaves on its deadline instead of popping
 	select {
-	case <-q.readable: // B is woken
-	case <-time.After(time.Second):
-		t.Fatal("the packet waits while reader B stays parked")
+	case <-pc.readable: // B is woken
+	default:
+		t.Fatal("the packet waits while reader B sleeps")
 	}
-	n, _, _, res, err := q.pop(buf, true, nil)
+	buf := make([]byte, 16)
+	n, _, ok, err := pc.queue.pop(buf)
 	require.NoError(t, err)
-	require.Equal(t, popPacket, res)
+	require.True(t, ok)
 	require.Equal(t, "x", string(buf[:n]))
 }
 

@@ -32,6 +32,29 @@ import (
 	"github.com/pion/logging"
 )
 
+// Locks. Every lock of the package, what it guards, and the one order in
+// which they may be taken (a lock may be taken while holding any lock
+// above it in this list, never one below). No lock is held across network
+// I/O, except a connection's wsem, which serialises whole frames.
+//
+//	loanSweeper.mu      the sweeper's list of loans, their watched and
+//	                    sweptUses fields (socket_loan.go)
+//	TCPMuxDefault.mu    admission table, PacketConn registry, closing
+//	tcpPacketConn.mu    a PacketConn's connections, handles, claim, expiry
+//	socketLoan.mu       who reads a lone connection's socket, the readers
+//	                    waiting, and the read deadline of a socket on loan
+//	packetQueue.mu      queued packets, blocked pushers
+//	streamConn.dlmu     which handle's write deadline a socket carries
+//	deadline.mu         one handle's read or write deadline
+//
+// Leaves, taken with nothing else: streamConn.bmu (buffered frames),
+// fallbackListener.mu (connections handed over). streamConn.wsem may be
+// held while taking tcpPacketConn.mu and below (a failed write removes its
+// connection). Channels carry the wake-ups: tcpPacketConn.readable for
+// readers, packetQueue.writable for blocked pushers, streamConn.resume for
+// a lender whose loan ended; each holds one token, and a woken waiter that
+// leaves work behind passes it on.
+
 // TCPMux is pion/ice v4's ice.TCPMux: what an ICE agent needs from a mux.
 type TCPMux interface {
 	io.Closer
@@ -92,15 +115,14 @@ type TCPMuxDefault struct {
 	initErr  error
 	fallback *fallbackListener
 	stats    counters
-	sweeper  leaseSweeper
+	sweeper  loanSweeper
 
-	// mu guards table, conns and the closing of done. Lock order: mu,
-	// then a packetConn's mu (see packetConn).
+	// mu guards table, conns and the closing of done (see Locks above).
 	mu     sync.Mutex
 	closed atomic.Bool // written under mu
 	done   chan struct{}
 	table  admissionTable
-	conns  map[string]map[pcKey]*packetConn
+	conns  map[string]map[pcKey]*tcpPacketConn
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -109,7 +131,7 @@ type TCPMuxDefault struct {
 
 var (
 	_ TCPMux         = (*TCPMuxDefault)(nil)
-	_ net.PacketConn = (*tcpPacketConn)(nil)
+	_ net.PacketConn = (*packetConnHandle)(nil)
 )
 
 // NewTCPMuxDefault starts serving params.Listener at once. Zero fields of
@@ -123,7 +145,7 @@ func NewTCPMuxDefault(params TCPMuxParams) *TCPMuxDefault {
 		log:      p.Logger,
 		listener: p.Listener,
 		done:     make(chan struct{}),
-		conns:    make(map[string]map[pcKey]*packetConn),
+		conns:    make(map[string]map[pcKey]*tcpPacketConn),
 	}
 	m.table = newAdmissionTable(&m.stats)
 	if err := params.Validate(); err != nil {
@@ -196,14 +218,14 @@ func (m *TCPMuxDefault) GetConnByUfrag(ufrag string, isIPv6 bool, local net.IP) 
 		pc = m.newPacketConnLocked(ufrag, key)
 		pc.acquire(&m.table)
 	}
-	return newTCPPacketConn(pc), nil
+	return newPacketConnHandle(pc), nil
 }
 
 // RemoveConnByUfrag closes every PacketConn of ufrag, in both families and
 // on every local IP, with their connections. Idempotent.
 func (m *TCPMuxDefault) RemoveConnByUfrag(ufrag string) {
 	m.mu.Lock()
-	pcs := make([]*packetConn, 0, len(m.conns[ufrag]))
+	pcs := make([]*tcpPacketConn, 0, len(m.conns[ufrag]))
 	for _, pc := range m.conns[ufrag] {
 		pcs = append(pcs, pc)
 	}
@@ -236,7 +258,7 @@ func (m *TCPMuxDefault) shutdown() error {
 	m.closed.Store(true)
 	close(m.done)
 	pending := m.table.pendingConns()
-	var pcs []*packetConn
+	var pcs []*tcpPacketConn
 	for _, byKey := range m.conns {
 		for _, pc := range byKey {
 			pcs = append(pcs, pc)
@@ -368,10 +390,6 @@ func (m *TCPMuxDefault) serveConn(c *streamConn, accepted time.Time) {
 	frame, ufrag, verdict := m.readFirstFrame(c, fr)
 	switch verdict {
 	case rejectNone:
-		// Most peers wait for the answer to their first request: the
-		// connection starts idle, and its readers must not ask for the
-		// socket before data comes (see requestLeaseLocked).
-		c.idleLender = fr.start == fr.end
 		verdict = m.attach(c, ufrag)
 	case handedOver:
 		return
@@ -482,7 +500,7 @@ func (m *TCPMuxDefault) attach(c *streamConn, ufrag []byte) rejectReason {
 	}
 }
 
-func attachedCount(byKey map[pcKey]*packetConn) int {
+func attachedCount(byKey map[pcKey]*tcpPacketConn) int {
 	n := 0
 	for _, pc := range byKey {
 		n += pc.connCount()
@@ -492,11 +510,11 @@ func attachedCount(byKey map[pcKey]*packetConn) int {
 
 // newPacketConnLocked creates and registers a PacketConn. Called with m.mu
 // held.
-func (m *TCPMuxDefault) newPacketConnLocked(ufrag string, key pcKey) *packetConn {
-	pc := newPacketConn(m, ufrag, key)
+func (m *TCPMuxDefault) newPacketConnLocked(ufrag string, key pcKey) *tcpPacketConn {
+	pc := newTCPPacketConn(m, ufrag, key)
 	byKey := m.conns[ufrag]
 	if byKey == nil {
-		byKey = make(map[pcKey]*packetConn, 1)
+		byKey = make(map[pcKey]*tcpPacketConn, 1)
 		m.conns[ufrag] = byKey
 	}
 	byKey[key] = pc
@@ -507,7 +525,7 @@ func (m *TCPMuxDefault) newPacketConnLocked(ufrag string, key pcKey) *packetConn
 // forget unregisters a closing PacketConn, leaving any newer one of the
 // same key in place, and ends the accounting of the connections closing
 // with it.
-func (m *TCPMuxDefault) forget(pc *packetConn, conns map[netip.AddrPort]*streamConn) {
+func (m *TCPMuxDefault) forget(pc *tcpPacketConn, conns map[netip.AddrPort]*streamConn) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, c := range conns {

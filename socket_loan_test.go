@@ -14,17 +14,35 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/require"
 )
 
-// Tests of the direct read path (direct_read.go): a PacketConn with one
+// Tests of the direct read path (socket_loan.go): a PacketConn with one
 // connection lends that connection's socket to its readers. Each test puts
 // a reader in the lent socket first, then checks that a SPEC promise
 // still holds.
 
-func queueOf(pc net.PacketConn) *packetQueue { return pc.(*tcpPacketConn).pc.queue }
+func loanOf(pc net.PacketConn) *socketLoan { return &pc.(*packetConnHandle).pc.loan }
+
+// inspect reads the loan's state under its lock.
+func (l *socketLoan) inspect() (state loanState, uses uint64, waiting int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state, l.uses, l.waiting
+}
+
+func (l *socketLoan) inState(want loanState) bool {
+	state, _, _ := l.inspect()
+	return state == want
+}
+
+func (l *socketLoan) useCount() uint64 {
+	_, uses, _ := l.inspect()
+	return uses
+}
 
 // startReader runs ReadFrom on pc in a goroutine, with buffer size n.
 func startReader(pc net.PacketConn, n int) <-chan pcReadResult {
@@ -65,8 +83,8 @@ func readerInSocketWith(t *testing.T, pc net.PacketConn, client net.Conn, n int)
 	require.Equal(t, "warm-up", string(p))
 	require.NoError(t, pc.SetReadDeadline(time.Time{}))
 	ch := startReader(pc, n)
-	q := queueOf(pc)
-	eventually(t, func() bool { return q.state.Load() == leaseHeld }, "the reader holds the lease")
+	l := loanOf(pc)
+	eventually(t, func() bool { return l.inState(held) }, "the reader holds the socket")
 	return ch
 }
 
@@ -74,7 +92,7 @@ func TestDirectReadCarriesTheSession(t *testing.T) {
 	for _, fam := range pcFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			m, pc, client, from := pcPair(t, fam, TCPMuxParams{})
-			q := queueOf(pc)
+			l := loanOf(pc)
 			const packets = 200
 			for i := range packets {
 				want := fmt.Sprintf("packet %d", i)
@@ -84,7 +102,7 @@ func TestDirectReadCarriesTheSession(t *testing.T) {
 				require.Equal(t, want, string(got))
 				require.Equal(t, from.String(), addr.String())
 			}
-			require.NotZero(t, q.takes.Load(), "no ReadFrom used the lent socket")
+			require.Greater(t, l.useCount(), uint64(packets), "ReadFrom did not use the lent socket")
 			s := m.Stats()
 			require.Equal(t, uint64(packets+1), s.PacketsReceived, "direct reads are counted")
 		})
@@ -256,77 +274,105 @@ func TestDirectReadSharedByHandles(t *testing.T) {
 	for i, n := range seen {
 		require.Equal(t, 1, n, "packet %d", i)
 	}
-	require.NotZero(t, queueOf(pc).takes.Load(), "no ReadFrom used the lent socket")
+	require.Greater(t, loanOf(pc).useCount(), uint64(packets), "ReadFrom did not use the lent socket")
 }
 
 // An idle connection gives its socket back after idleBufferLinger: its
-// reader waits on the queue, not in the socket, and no buffer is held.
-// Traffic brings the loan back.
+// reader waits, not in the socket, and no buffer is held. Traffic brings
+// the loan back. Over net.Pipe in a synctest bubble: the linger passes in
+// no real time.
 func TestDirectReadIdleConnectionGivesSocketBack(t *testing.T) {
-	_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
-	q := queueOf(pc)
-	pending := readerInSocket(t, pc, client)
-	takes := q.takes.Load()
-	require.Eventually(t, func() bool {
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		return q.lease == nil && q.direct.Load().idleLender && q.waiting == 1
-	}, 3*idleBufferLinger, 10*time.Millisecond, "the idle reader waits on the queue")
+	synctest.Test(t, func(t *testing.T) {
+		pc, client, c := pipePair(t)
+		l := loanOf(pc)
+		pending := startReader(pc, 1500)
+		synctest.Wait()
+		require.False(t, l.inState(held), "a connection waiting for data lends nothing")
+		writeFrames(t, client, "warm-up")
+		require.NoError(t, (<-pending).err)
+		pending = startReader(pc, 1500)
+		synctest.Wait()
+		require.True(t, l.inState(held), "the reader holds the socket")
 
-	_, err := client.Write(frame([]byte("after a pause")))
-	require.NoError(t, err)
-	r := awaitReadResult(t, pending, time.Second)
-	require.NoError(t, r.err)
-	require.Equal(t, len("after a pause"), r.n)
-	pending = startReader(pc, MaxFramePayload)
-	eventually(t, func() bool { return q.state.Load() == leaseHeld && q.takes.Load() > takes }, "the loan is back")
-	_, err = client.Write(frame([]byte("direct again")))
-	require.NoError(t, err)
-	r = awaitReadResult(t, pending, time.Second)
-	require.NoError(t, r.err)
-	require.Equal(t, len("direct again"), r.n)
+		time.Sleep(2*idleBufferLinger + time.Millisecond) // one check saw the warm-up, the next sees nothing
+		synctest.Wait()
+		state, uses, waiting := l.inspect()
+		require.Equal(t, lenderReads, state, "the idle socket went back to its connection")
+		require.Equal(t, 1, waiting, "the reader waits, not in the socket")
+		require.True(t, c.fr.parked, "the idle connection holds no read buffer")
+
+		writeFrames(t, client, "after a pause")
+		r := <-pending
+		require.NoError(t, r.err)
+		require.Equal(t, len("after a pause"), r.n)
+		pending = startReader(pc, 1500)
+		synctest.Wait()
+		state, newUses, _ := l.inspect()
+		require.Equal(t, held, state, "the loan is back")
+		require.Greater(t, newUses, uses)
+		writeFrames(t, client, "direct again")
+		r = <-pending
+		require.NoError(t, r.err)
+		require.Equal(t, len("direct again"), r.n)
+	})
 }
 
-// queueWithTwoParkedReaders is a queue whose only connection c may lend
-// (idle, so nobody asks it to) and on which readers A and B wait.
-func queueWithTwoParkedReaders(t *testing.T) (*packetQueue, *streamConn, []byte) {
+// loanUnderTest is a PacketConn's queue and loan with no mux: connection c
+// may lend, and readers A and B wait.
+func loanUnderTest(t *testing.T) (*tcpPacketConn, *streamConn) {
 	t.Helper()
-	q := newPacketQueue(8, 1<<16)
-	c := &streamConn{resume: make(chan struct{}, 1), idleLender: true}
-	q.direct.Store(c)
-	buf := make([]byte, 16)
-	for range 2 {
-		_, _, _, res, err := q.pop(buf, false, &tcpPacketConn{})
-		require.NoError(t, err)
-		require.Equal(t, popEmpty, res)
+	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16, &counters{}), readable: make(chan struct{}, 1)}
+	pc.loan.readable = pc.readable
+	c := &streamConn{resume: make(chan struct{}, 1)}
+	pc.loan.setAllowed(c)
+	for _, h := range []*packetConnHandle{{}, {}} {
+		require.Nil(t, pc.loan.takeOrWait(h), "nothing on offer yet")
 	}
-	return q, c, buf
+	return pc, c
 }
 
-// requireReaderBWoken fails unless the second parked reader gets the
-// wake-up token.
-func requireReaderBWoken(t *testing.T, q *packetQueue) {
+// requireReaderWoken fails unless a waiting reader gets the wake-up token.
+func requireReaderWoken(t *testing.T, pc *tcpPacketConn, why string) {
 	t.Helper()
 	select {
-	case <-q.readable:
-	case <-time.After(time.Second):
-		t.Fatal("reader B stays parked while the socket is on offer")
+	case <-pc.readable:
+	default:
+		t.Fatal(why)
 	}
 }
 
 // A reader that takes the wake-up token and gives up passes it on while
-// the socket is on offer, so another parked reader takes the lease
-// (found in review: it used to wait for the sweeper).
-func TestQueueReaderGivingUpPassesLease(t *testing.T) {
-	q, c, buf := queueWithTwoParkedReaders(t)
-	require.True(t, q.offer(c))
-	<-q.readable   // A is woken...
-	q.cancelRead() // ...and leaves on its deadline
-	requireReaderBWoken(t, q)
-	_, _, lent, res, err := q.pop(buf, true, &tcpPacketConn{})
+// the socket is on offer, so the other waiting reader takes it.
+func TestLoanReaderGivingUpPassesToken(t *testing.T) {
+	pc, c := loanUnderTest(t)
+	require.True(t, pc.loan.offer(c))
+	requireReaderWoken(t, pc, "an offer wakes no reader") // A is woken...
+	pc.loan.stopWaiting()
+	pc.passReadable() // ...and leaves on its deadline
+	requireReaderWoken(t, pc, "reader B stays asleep while the socket is on offer")
+	pc.loan.stopWaiting()
+	require.Same(t, c, pc.loan.takeOrWait(&packetConnHandle{}))
+}
+
+// A reader that pops the last queued packet passes the wake-up token on
+// while the socket is on offer: the offer's wake-up may have merged with
+// the packet's.
+func TestLoanPopLastPacketPassesToken(t *testing.T) {
+	pc, c := loanUnderTest(t)
+	ok, wasEmpty, err := pc.queue.push(&net.TCPAddr{}, []byte("x"), false)
 	require.NoError(t, err)
-	require.Equal(t, popLease, res)
-	require.Same(t, c, lent)
+	require.True(t, ok)
+	require.True(t, wasEmpty)
+	signal(pc.readable)
+	require.True(t, pc.loan.offer(c)) // the two wake-ups merge
+	requireReaderWoken(t, pc, "no reader woken")
+	pc.loan.stopWaiting()
+	buf := make([]byte, 8)
+	_, _, ok, err = pc.queue.pop(buf)
+	require.NoError(t, err)
+	require.True(t, ok)
+	pc.passReadable() // A leaves with the packet
+	requireReaderWoken(t, pc, "reader B stays asleep while the socket is on offer")
 }
 
 // A reader that pauses longer than the sweep period between reads gets its
@@ -343,7 +389,7 @@ func TestDirectReadPausingReaderAllocatesNothing(t *testing.T) {
 		if _, _, err := pc.ReadFrom(buf); err != nil {
 			panic(err)
 		}
-		time.Sleep(3 * leaseSweepPeriod)
+		time.Sleep(3 * loanSweepPeriod)
 	}
 	for range 5 {
 		step()
@@ -387,7 +433,7 @@ func TestDirectReadOverTLS(t *testing.T) {
 		require.Equal(t, want, readFrame(t, client))
 	}
 	require.Equal(t, from.String(), client.LocalAddr().String())
-	require.NotZero(t, queueOf(pc).takes.Load(), "no ReadFrom used the lent socket")
+	require.Greater(t, loanOf(pc).useCount(), uint64(100), "ReadFrom did not use the lent socket")
 }
 
 // selfSignedCert is a throwaway certificate for 127.0.0.1.
@@ -406,18 +452,28 @@ func selfSignedCert(t *testing.T) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// A reader that pops the last queued packet passes the wake-up token on
-// while the socket is on offer: the offer's own wake-up may have merged
-// with the packet's (found in review).
-func TestQueuePopLastPacketPassesLease(t *testing.T) {
-	q, c, buf := queueWithTwoParkedReaders(t)
-	ok, err := q.push(c.remote, []byte("x"), false) // the connection queues a packet...
-	require.NoError(t, err)
-	require.True(t, ok)
-	require.True(t, q.offer(c)) // ...then lends; the two wake-ups merge
-	<-q.readable                // A is woken
-	_, _, _, res, err := q.pop(buf, true, &tcpPacketConn{})
-	require.NoError(t, err)
-	require.Equal(t, popPacket, res)
-	requireReaderBWoken(t, q)
+// pipePair is a mux over net.Pipe connections, usable in a synctest
+// bubble, with a claimed PacketConn of ufrag "pipe" and one connection:
+// the client's end, and the mux's side of it.
+func pipePair(t *testing.T) (net.PacketConn, net.Conn, *streamConn) {
+	t.Helper()
+	ln := newPipeListener("127.0.0.1:3478")
+	m := newTestMux(t, TCPMuxParams{Listener: ln})
+	pc := getConn(t, m, "pipe")
+	client := ln.dial(t, "127.0.0.1:3478", "127.0.0.1:40000")
+	writeFrames(t, client, string(bindingRequest(t, "pipe")))
+	readPacket(t, pc)
+	h := pc.(*packetConnHandle)
+	c := h.pc.lookup(mustAddrPort("127.0.0.1:40000"))
+	require.NotNil(t, c)
+	return pc, client, c
+}
+
+// writeFrames writes each payload as one frame.
+func writeFrames(t *testing.T, conn net.Conn, payloads ...string) {
+	t.Helper()
+	for _, p := range payloads {
+		_, err := conn.Write(frame([]byte(p)))
+		require.NoError(t, err)
+	}
 }

@@ -1,0 +1,145 @@
+package tcpmux
+
+import (
+	"encoding/binary"
+	"net"
+	"os"
+	"time"
+)
+
+// writeFrame sends p as one frame, synchronously or through the write
+// buffer, honouring the caller's write deadline.
+func (c *streamConn) writeFrame(p []byte, h *packetConnHandle) (int, error) {
+	if c.mux.params.WriteBufferSize > 0 {
+		return c.writeBuffered(p)
+	}
+	return c.writeSync(p, h)
+}
+
+func (c *streamConn) writeSync(p []byte, h *packetConnHandle) (int, error) {
+	dl := &h.writeDeadline
+	select {
+	case c.wsem <- struct{}{}:
+	default:
+		select {
+		case c.wsem <- struct{}{}:
+		case <-c.done:
+			return 0, ErrConnClosed
+		case <-dl.wait():
+			return 0, os.ErrDeadlineExceeded
+		}
+	}
+	n, err := c.writeLocked(p, h)
+	<-c.wsem
+	return n, err
+}
+
+// own makes h the writer whose deadline the socket carries.
+func (c *streamConn) own(h *packetConnHandle) (deadline time.Time, err error) {
+	c.dlmu.Lock()
+	defer c.dlmu.Unlock()
+	c.owner = h
+	deadline = h.writeDeadline.time()
+	if !deadline.Equal(c.wdl) {
+		err = c.conn.SetWriteDeadline(deadline)
+		c.wdl = deadline
+	}
+	return deadline, err
+}
+
+func (c *streamConn) disown() {
+	c.dlmu.Lock()
+	c.owner = nil
+	c.dlmu.Unlock()
+}
+
+// moveWriteDeadline applies h's new write deadline to the write h has in
+// progress on this connection, if any.
+func (c *streamConn) moveWriteDeadline(h *packetConnHandle, t time.Time) {
+	c.dlmu.Lock()
+	defer c.dlmu.Unlock()
+	if c.owner == h {
+		_ = c.conn.SetWriteDeadline(t)
+		c.wdl = t
+	}
+}
+
+// writeLocked writes one frame while holding wsem. A timeout before any
+// byte left keeps the connection; anything else that fails mid-frame tears
+// the stream, so the connection is removed.
+func (c *streamConn) writeLocked(p []byte, h *packetConnHandle) (int, error) {
+	if c.closed.Load() {
+		return 0, ErrConnClosed
+	}
+	deadline, err := c.own(h)
+	defer c.disown()
+	if err != nil {
+		c.fail(err)
+		return 0, err
+	}
+	if !deadline.IsZero() && !time.Now().Before(deadline) {
+		return 0, os.ErrDeadlineExceeded
+	}
+	n, err := c.writeOnce(p)
+	if err == nil {
+		return len(p), nil
+	}
+	timeout := isTimeout(err)
+	// A plain socket that timed out before taking a byte is intact; a
+	// wrapper such as TLS may have written part of a record while
+	// reporting nothing, so only a *net.TCPConn is trusted with that.
+	if _, plain := c.conn.(*net.TCPConn); timeout && n == 0 && plain {
+		return 0, os.ErrDeadlineExceeded
+	}
+	closedUnderUs := c.closed.Load()
+	c.fail(err)
+	switch {
+	case timeout:
+		return 0, os.ErrDeadlineExceeded
+	case closedUnderUs:
+		return 0, ErrConnClosed
+	}
+	return 0, &net.OpError{Op: "write", Net: "tcp", Addr: c.remote, Err: err}
+}
+
+// copiedFrameLimit is the largest payload writeOnce copies: above it, a
+// TCP socket gets header and payload in one writev instead.
+const copiedFrameLimit = 2 << 10
+
+// writeOnce writes p's frame with a single Write (or writev), so that a
+// frame is never split between writers. Called with wsem held.
+func (c *streamConn) writeOnce(p []byte) (int, error) {
+	if tcp, ok := c.conn.(*net.TCPConn); ok && len(p) > copiedFrameLimit {
+		binary.BigEndian.PutUint16(c.hdr[:], uint16(len(p)))
+		c.iov = [2][]byte{c.hdr[:], p}
+		c.vec = c.iov[:] // a field: a local would escape, allocating
+		n, err := c.vec.WriteTo(tcp)
+		c.iov = [2][]byte{} // keeps no reference to p
+		return int(n), err
+	}
+	need := FrameHeaderSize + len(p)
+	buf := c.wbuf
+	switch {
+	case need > FrameHeaderSize+copiedFrameLimit:
+		// Another kind of conn (TLS, a wrapper) needs one Write: a large
+		// frame gets a buffer of its own, so none is kept.
+		buf = make([]byte, 0, need)
+	case need > cap(c.wbuf):
+		c.wbuf = make([]byte, 0, min(max(need, 2*cap(c.wbuf)), FrameHeaderSize+copiedFrameLimit)) // follows the frames sent
+		buf = c.wbuf
+	}
+	buf = binary.BigEndian.AppendUint16(buf[:0], uint16(len(p)))
+	buf = append(buf, p...)
+	return c.conn.Write(buf)
+}
+
+// dropIdleWriteBuffer releases the synchronous write buffer of a
+// connection that went idle, unless a write is in progress.
+func (c *streamConn) dropIdleWriteBuffer() {
+	select {
+	case c.wsem <- struct{}{}:
+		c.wbuf = nil
+		<-c.wsem
+	default:
+	}
+}

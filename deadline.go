@@ -1,0 +1,90 @@
+package tcpmux
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// deadline is a net.Conn-style deadline: a channel closed when the time
+// passes, re-armed by set. Waiters take the channel once per wait, so
+// moving the deadline while they wait takes effect at once. The channel
+// is made on the first wait, so a handle nobody waits on costs none.
+type deadline struct {
+	mu      sync.Mutex
+	at      time.Time
+	timer   *time.Timer
+	ch      chan struct{} // nil until a wait; closed once expired
+	expired atomic.Bool
+}
+
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.at = t
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	if d.expired.Load() {
+		d.ch = nil // closed: the next wait makes a fresh one
+		d.expired.Store(false)
+	}
+	if t.IsZero() {
+		return
+	}
+	d.armLocked()
+}
+
+// armLocked expires the deadline if it has passed, or starts the timer.
+func (d *deadline) armLocked() {
+	wait := time.Until(d.at)
+	if wait <= 0 {
+		d.expired.Store(true)
+		if d.ch != nil {
+			close(d.ch)
+		}
+		return
+	}
+	if d.timer == nil {
+		d.timer = time.AfterFunc(wait, d.fire)
+	} else {
+		d.timer.Reset(wait)
+	}
+}
+
+func (d *deadline) fire() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.at.IsZero() || d.expired.Load() {
+		return
+	}
+	d.armLocked() // re-arms if the timer was stale or the clock disagrees
+}
+
+func (d *deadline) wait() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ch == nil {
+		d.ch = make(chan struct{})
+		if d.expired.Load() {
+			close(d.ch)
+		}
+	}
+	return d.ch
+}
+
+func (d *deadline) exceeded() bool { return d.expired.Load() }
+
+func (d *deadline) time() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.at
+}
+
+func (d *deadline) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+}

@@ -380,7 +380,7 @@ func (m *TCPMuxDefault) serveConn(c *streamConn, accepted time.Time) {
 		m.reject(c, verdict)
 		return
 	}
-	fr.SetMaxPayload(MaxFramePayload)
+	fr.setMaxPayload(MaxFramePayload)
 	c.fr = fr
 	if c.pc.deliver(c, frame) {
 		c.readLoop()
@@ -410,7 +410,7 @@ const handedOver = rejectReason(255)
 // first-frame deadline, already set, or hands a non-STUN connection to the fallback.
 func (m *TCPMuxDefault) readFirstFrame(c *streamConn, fr *FrameReader) (frame, ufrag []byte, _ rejectReason) {
 	if m.params.Fallback {
-		head, err := fr.Peek(stunSniffSize)
+		head, err := fr.peek(stunSniffSize)
 		if err != nil {
 			return nil, nil, readFailure(err)
 		}

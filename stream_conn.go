@@ -22,6 +22,9 @@ type streamConn struct {
 	pc        *packetConn // set once, when the connection is attached
 	multipath bool
 	entry     tableEntry // guarded by mux.mu (admission.go)
+	// inLookup: the goroutine is out of mux.wg, running PasswordLookup,
+	// so Close accounts for the connection itself. Guarded by mux.mu.
+	inLookup bool
 
 	// Reading. fr belongs to the connection's goroutine, or to the reader
 	// holding the lease (see packetQueue.direct). idleAt and lastReads

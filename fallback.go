@@ -39,7 +39,7 @@ func (m *TCPMuxDefault) handOver(c *streamConn, fr *FrameReader) rejectReason {
 	}
 	// Counted under mu with the drop, so a Stats snapshot sees it in one
 	// state. The offer never blocks.
-	result := m.fallback.offer(&replayConn{Conn: c.conn, replay: fr.Buffered()}, &m.stats.fallback)
+	result := m.fallback.offer(&replayConn{Conn: c.conn, replay: fr.buffered()}, &m.stats.fallback)
 	switch result {
 	case offerFull:
 		m.stats.reject(rejectLimit)

@@ -1,5 +1,12 @@
 package tcpmux
 
+// Framing (RFC 4571). Only what a client or a test of ICE-TCP needs to
+// frame and deframe packets is exported: FrameHeaderSize, MaxFramePayload,
+// ErrFrameTooLarge, AppendFrame, and FrameReader with NewFrameReader and
+// Next. How the mux sniffs a stream, raises its limit after the first
+// frame or replays the bytes it read is the mux's own business, so those
+// methods stay unexported and can change without breaking callers.
+
 import (
 	"encoding/binary"
 	"errors"
@@ -22,26 +29,16 @@ var ErrFrameTooLarge = errors.New("tcpmux: frame too large")
 
 // AppendFrame appends p to dst as one RFC 4571 frame (length, then p) and
 // returns the extended slice. It fails with ErrFrameTooLarge, leaving dst
-// untouched, if p is over MaxFramePayload bytes.
+// untouched, if p is over MaxFramePayload bytes. To send a frame, append it
+// to a buffer kept across calls and write that in one Write: header and
+// payload then never interleave with another writer's, and nothing is
+// allocated per frame.
 func AppendFrame(dst, p []byte) ([]byte, error) {
 	if len(p) > MaxFramePayload {
 		return dst, frameTooLarge(len(p), MaxFramePayload)
 	}
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(p)))
 	return append(dst, p...), nil
-}
-
-// WriteFrame writes p to w as one RFC 4571 frame with a single Write call, so
-// that concurrent writers serialised by the caller never interleave a header
-// and its payload. It allocates a buffer per call: hot paths should keep one
-// and use AppendFrame.
-func WriteFrame(w io.Writer, p []byte) error {
-	frame, err := AppendFrame(make([]byte, 0, FrameHeaderSize+len(p)), p)
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(frame)
-	return err
 }
 
 func frameTooLarge(n, limit int) error {
@@ -93,13 +90,13 @@ type FrameReader struct {
 // MaxFramePayload means MaxFramePayload.
 func NewFrameReader(r io.Reader, maxPayload int) *FrameReader {
 	fr := &FrameReader{r: r, parked: true}
-	fr.SetMaxPayload(maxPayload)
+	fr.setMaxPayload(maxPayload)
 	return fr
 }
 
-// SetMaxPayload changes the largest payload Next accepts, as in
+// setMaxPayload changes the largest payload Next accepts, as in
 // NewFrameReader. The mux uses it to read a small first frame, then anything.
-func (fr *FrameReader) SetMaxPayload(maxPayload int) {
+func (fr *FrameReader) setMaxPayload(maxPayload int) {
 	if maxPayload <= 0 || maxPayload > MaxFramePayload {
 		maxPayload = MaxFramePayload
 	}
@@ -136,9 +133,10 @@ func (fr *FrameReader) Next() ([]byte, error) {
 	}
 }
 
-// Peek returns at least n unread bytes (n <= MaxFramePayload) without consuming them,
-// reading as needed. It lets a caller judge a stream by its first bytes.
-func (fr *FrameReader) Peek(n int) ([]byte, error) {
+// peek returns at least n unread bytes (n <= MaxFramePayload) without
+// consuming them, reading as needed. The mux judges a stream by its first
+// bytes with it (Fallback).
+func (fr *FrameReader) peek(n int) ([]byte, error) {
 	for fr.end-fr.start < n {
 		if err := fr.fill(n); err != nil {
 			if errors.Is(err, io.EOF) && fr.end > fr.start {
@@ -158,9 +156,10 @@ func (fr *FrameReader) hasFrame() bool {
 		avail >= FrameHeaderSize+int(binary.BigEndian.Uint16(fr.buf[fr.start:]))
 }
 
-// Buffered returns the bytes read from the stream but not yet returned by
-// Next. They alias the reader's buffer.
-func (fr *FrameReader) Buffered() []byte {
+// buffered returns the bytes read from the stream but not yet returned by
+// Next, which the mux replays to a fallback connection. They alias the
+// reader's buffer.
+func (fr *FrameReader) buffered() []byte {
 	return fr.buf[fr.start:fr.end]
 }
 

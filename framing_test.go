@@ -113,16 +113,6 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// writeRecorder records every Write call.
-type writeRecorder struct {
-	writes [][]byte
-}
-
-func (w *writeRecorder) Write(p []byte) (int, error) {
-	w.writes = append(w.writes, append([]byte{}, p...))
-	return len(p), nil
-}
-
 func TestAppendFrameRoundTrip(t *testing.T) {
 	for _, size := range frameSizes {
 		payload := pattern(size, byte(size))
@@ -142,28 +132,6 @@ func TestAppendFrameRoundTrip(t *testing.T) {
 	}
 }
 
-func TestWriteFrameRoundTrip(t *testing.T) {
-	var w writeRecorder
-	for _, size := range frameSizes {
-		require.NoError(t, WriteFrame(&w, pattern(size, byte(size))), "size %d", size)
-	}
-	require.Len(t, w.writes, len(frameSizes), "one Write call per frame")
-
-	var stream []byte
-	for i, size := range frameSizes {
-		require.Len(t, w.writes[i], FrameHeaderSize+size, "Write %d carries header and payload", i)
-		stream = append(stream, w.writes[i]...)
-	}
-	fr := NewFrameReader(bytes.NewReader(stream), MaxFramePayload)
-	for _, size := range frameSizes {
-		got, err := fr.Next()
-		require.NoError(t, err, "size %d", size)
-		assert.True(t, bytes.Equal(pattern(size, byte(size)), got), "size %d: payload differs", size)
-	}
-	_, err := fr.Next()
-	assert.ErrorIs(t, err, io.EOF)
-}
-
 func TestFrameTooLargeToFrame(t *testing.T) {
 	payload := make([]byte, MaxFramePayload+1)
 
@@ -172,11 +140,6 @@ func TestFrameTooLargeToFrame(t *testing.T) {
 	require.ErrorIs(t, err, ErrFrameTooLarge)
 	assert.Equal(t, []byte("keep"), got, "AppendFrame must return dst untouched")
 	assert.Len(t, got, len(dst))
-
-	var w writeRecorder
-	err = WriteFrame(&w, payload)
-	require.ErrorIs(t, err, ErrFrameTooLarge)
-	assert.Empty(t, w.writes, "WriteFrame must write nothing")
 }
 
 func TestFrameReaderBatchesSmallFrames(t *testing.T) {
@@ -329,7 +292,7 @@ func TestFrameReaderRejectsOversizedHeader(t *testing.T) {
 		_, err = fr.Next()
 		require.ErrorIs(t, err, ErrFrameTooLarge)
 		assert.Equal(t, FrameHeaderSize+1+FrameHeaderSize, cr.bytes, "only the headers and the first frame are read")
-		assert.Equal(t, []byte{0, limit + 1}, fr.Buffered(), "the oversized header stays buffered")
+		assert.Equal(t, []byte{0, limit + 1}, fr.buffered(), "the oversized header stays buffered")
 	})
 	t.Run("limit is inclusive", func(t *testing.T) {
 		fr := NewFrameReader(bytes.NewReader(frameStream(t, pattern(limit, 3))), limit)
@@ -357,16 +320,16 @@ func TestFrameReaderSetMaxPayload(t *testing.T) {
 	_, err = fr.Next()
 	require.ErrorIs(t, err, ErrFrameTooLarge)
 
-	fr.SetMaxPayload(11)
+	fr.setMaxPayload(11)
 	p, err = fr.Next()
 	require.NoError(t, err, "a raised limit applies to the header already buffered")
 	assert.Equal(t, pattern(11, 2), p)
 
-	fr.SetMaxPayload(2999)
+	fr.setMaxPayload(2999)
 	_, err = fr.Next()
 	require.ErrorIs(t, err, ErrFrameTooLarge)
 
-	fr.SetMaxPayload(0)
+	fr.setMaxPayload(0)
 	p, err = fr.Next()
 	require.NoError(t, err)
 	assert.Equal(t, pattern(3000, 3), p)
@@ -384,30 +347,30 @@ func TestFrameReaderPeek(t *testing.T) {
 		} {
 			cr := &countingReader{r: r}
 			fr := NewFrameReader(cr, 0)
-			peeked, err := fr.Peek(n)
-			require.NoError(t, err, "%s: Peek(%d)", name, n)
-			require.GreaterOrEqual(t, len(peeked), n, "%s: Peek(%d)", name, n)
-			assert.Equal(t, stream[:len(peeked)], peeked, "%s: Peek(%d)", name, n)
-			assert.Equal(t, peeked, fr.Buffered(), "%s: Peek consumes nothing", name)
+			peeked, err := fr.peek(n)
+			require.NoError(t, err, "%s: peek(%d)", name, n)
+			require.GreaterOrEqual(t, len(peeked), n, "%s: peek(%d)", name, n)
+			assert.Equal(t, stream[:len(peeked)], peeked, "%s: peek(%d)", name, n)
+			assert.Equal(t, peeked, fr.buffered(), "%s: peek consumes nothing", name)
 
-			again, err := fr.Peek(n)
+			again, err := fr.peek(n)
 			require.NoError(t, err)
-			assert.Equal(t, peeked, again, "%s: a second Peek returns the same bytes", name)
+			assert.Equal(t, peeked, again, "%s: a second peek returns the same bytes", name)
 
 			frames, err := readAll(t, fr, len(payloads))
 			require.ErrorIs(t, err, io.EOF)
-			require.Equal(t, payloads, frames, "%s: Next after Peek(%d)", name, n)
+			require.Equal(t, payloads, frames, "%s: Next after peek(%d)", name, n)
 		}
 	}
 
 	t.Run("short stream", func(t *testing.T) {
 		fr := NewFrameReader(iotest.OneByteReader(bytes.NewReader([]byte{0, 5, 'a'})), 0)
-		peeked, err := fr.Peek(10)
+		peeked, err := fr.peek(10)
 		require.ErrorIs(t, err, io.ErrUnexpectedEOF)
-		assert.Equal(t, []byte{0, 5, 'a'}, peeked, "Peek returns what it has")
+		assert.Equal(t, []byte{0, 5, 'a'}, peeked, "peek returns what it has")
 
 		fr = NewFrameReader(bytes.NewReader(nil), 0)
-		peeked, err = fr.Peek(10)
+		peeked, err = fr.peek(10)
 		require.ErrorIs(t, err, io.EOF)
 		assert.Empty(t, peeked)
 	})
@@ -416,22 +379,22 @@ func TestFrameReaderPeek(t *testing.T) {
 func TestFrameReaderBuffered(t *testing.T) {
 	stream := frameStream(t, []byte("abc"), []byte("de"), nil)
 	fr := NewFrameReader(bytes.NewReader(stream), 0)
-	assert.Empty(t, fr.Buffered(), "nothing read yet")
+	assert.Empty(t, fr.buffered(), "nothing read yet")
 
 	p, err := fr.Next()
 	require.NoError(t, err)
 	assert.Equal(t, []byte("abc"), p)
 	// A new reader reads a few bytes (its probe) before it allocates.
-	assert.Equal(t, stream[5:len(fr.probe)], fr.Buffered())
+	assert.Equal(t, stream[5:len(fr.probe)], fr.buffered())
 
 	_, err = fr.Next()
 	require.NoError(t, err)
-	assert.Equal(t, []byte{0, 0}, fr.Buffered())
+	assert.Equal(t, []byte{0, 0}, fr.buffered())
 
 	p, err = fr.Next()
 	require.NoError(t, err)
 	assert.Empty(t, p)
-	assert.Empty(t, fr.Buffered())
+	assert.Empty(t, fr.buffered())
 }
 
 // noProgressReader returns (0, nil) up to limit times, then an error, so a
@@ -461,8 +424,8 @@ func TestFrameReaderNoProgress(t *testing.T) {
 	fr = NewFrameReader(io.MultiReader(bytes.NewReader([]byte{0, 9, 1}), r), 0)
 	_, err = fr.Next()
 	require.ErrorIs(t, err, io.ErrNoProgress, "mid-frame")
-	_, err = fr.Peek(20)
-	require.ErrorIs(t, err, io.ErrNoProgress, "Peek")
+	_, err = fr.peek(20)
+	require.ErrorIs(t, err, io.ErrNoProgress, "peek")
 	assert.LessOrEqual(t, r.calls, 200)
 }
 
@@ -717,9 +680,9 @@ func FuzzFrameReader(f *testing.F) {
 		fr := NewFrameReader(&randomChunkReader{data: stream, rng: rng, max: maxChunk}, maxPayload)
 
 		if n := int(peek % 2049); n > 0 {
-			peeked, err := fr.Peek(n)
+			peeked, err := fr.peek(n)
 			require.LessOrEqual(t, len(peeked), len(stream))
-			require.Equal(t, stream[:len(peeked)], peeked, "Peek returns the first bytes")
+			require.Equal(t, stream[:len(peeked)], peeked, "peek returns the first bytes")
 			if n <= len(stream) {
 				require.NoError(t, err)
 				require.GreaterOrEqual(t, len(peeked), n)
@@ -750,7 +713,7 @@ func TestFrameReaderMemoryFollowsBytes(t *testing.T) {
 
 	fr.park()
 	require.LessOrEqual(t, cap(fr.buf), 8, "a parked reader holds only the partial frame")
-	require.Equal(t, announced, fr.Buffered())
+	require.Equal(t, announced, fr.buffered())
 
 	// Bytes that do come make it grow, in steps, to the whole frame.
 	payload := pattern(MaxFramePayload, 3)

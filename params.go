@@ -128,7 +128,11 @@ type TCPMuxParams struct {
 	// for the request's ufrag and the request's MESSAGE-INTEGRITY verifies
 	// with the returned password (ICE short-term credentials), so that
 	// unauthenticated peers create no per-ufrag state. It is called from the
-	// connection's goroutine and must be safe for concurrent use.
+	// connection's goroutine and must be safe for concurrent use. It may
+	// call Close, of the mux or of a MultiTCPMuxDefault holding it: Close
+	// does not wait for a lookup in progress, and once the mux is closed
+	// the lookup's answer is ignored (the connection is closed and counted
+	// as Other, like any pending connection Close closes).
 	// Nil: no authentication (any well-formed request is admitted).
 	PasswordLookup func(ufrag string) (password string, ok bool)
 

@@ -21,6 +21,9 @@ type streamConn struct {
 	pc        *tcpPacketConn // set once, when the connection is attached
 	multipath bool
 	entry     tableEntry // guarded by mux.mu (admission.go)
+	// inLookup: the goroutine is out of mux.wg, running PasswordLookup,
+	// so Close accounts for the connection itself. Guarded by mux.mu.
+	inLookup bool
 
 	// Reading (conn_reader.go). fr and the fields after it belong to
 	// whoever reads the socket: the connection's goroutine, or the reader

@@ -237,7 +237,9 @@ func (m *TCPMuxDefault) RemoveConnByUfrag(ufrag string) {
 
 // Close closes the listener, every pending and attached connection, every
 // PacketConn and the fallback listener, and returns once every goroutine
-// the mux started has exited. Later calls return nil.
+// the mux started has exited, except one running PasswordLookup: Close
+// does not wait for it, so that the lookup may call Close, and it exits
+// as soon as the lookup returns, touching nothing. Later calls return nil.
 func (m *TCPMuxDefault) Close() error {
 	first := false
 	m.closeOnce.Do(func() {
@@ -258,6 +260,7 @@ func (m *TCPMuxDefault) shutdown() error {
 	m.closed.Store(true)
 	close(m.done)
 	pending := m.table.pendingConns()
+	m.dropLookupsLocked(pending)
 	var pcs []*tcpPacketConn
 	for _, byKey := range m.conns {
 		for _, pc := range byKey {
@@ -271,7 +274,7 @@ func (m *TCPMuxDefault) shutdown() error {
 		err = nil
 	}
 	for _, c := range pending {
-		c.close() // their goroutines count them as Other
+		c.close() // their goroutines count them as Other, or dropLookupsLocked did
 	}
 	for _, pc := range pcs {
 		pc.close()
@@ -289,6 +292,63 @@ func (m *TCPMuxDefault) enterCallback() bool {
 	if m.closed.Load() {
 		return false
 	}
+	m.wg.Add(1)
+	return true
+}
+
+// dropLookupsLocked counts as Other, as their goroutines would, the
+// pending connections whose goroutines are out in PasswordLookup: they
+// will find the mux closed and exit without counting, and Stats must be
+// final when Close returns. Called with m.mu held.
+func (m *TCPMuxDefault) dropLookupsLocked(pending []*streamConn) {
+	for _, c := range pending {
+		if c.inLookup && m.table.drop(c) {
+			m.stats.reject(rejectOther)
+		}
+	}
+}
+
+// lookupPassword calls PasswordLookup with the connection's goroutine out
+// of m.wg, in the manner of enterCallback: the lookup is user code and may
+// call Close, which waits on m.wg. It returns leftMux if the mux closed
+// meanwhile: Close then accounted for the connection (dropLookupsLocked)
+// and the goroutine, no longer in m.wg, must exit touching nothing of the
+// mux. (The Logger is user code too, called under m.wg; a logger has no
+// reason to close the mux.)
+func (m *TCPMuxDefault) lookupPassword(c *streamConn, lookup func(string) (string, bool), ufrag []byte) (password string, ok bool, _ rejectReason) {
+	if !m.leaveForLookup(c) {
+		return "", false, rejectOther // closing: counted as Close's pending ones
+	}
+	password, ok = lookup(string(ufrag))
+	if !m.returnFromLookup(c) {
+		c.close() // Close closes it too; no need to wait for that
+		return "", false, leftMux
+	}
+	return password, ok, rejectNone
+}
+
+// leaveForLookup takes c's goroutine out of m.wg, unless the mux is
+// closed.
+func (m *TCPMuxDefault) leaveForLookup(c *streamConn) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed.Load() {
+		return false
+	}
+	c.inLookup = true
+	m.wg.Done()
+	return true
+}
+
+// returnFromLookup puts c's goroutine back in m.wg, unless the mux closed
+// meanwhile.
+func (m *TCPMuxDefault) returnFromLookup(c *streamConn) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed.Load() {
+		return false
+	}
+	c.inLookup = false
 	m.wg.Add(1)
 	return true
 }
@@ -373,18 +433,28 @@ func (m *TCPMuxDefault) closeEvicted(c *streamConn) {
 	c.close()
 }
 
+// serveConn is a connection's goroutine, registered with m.wg by
+// startConn. It leaves m.wg when it ends, unless it left already because
+// the mux closed during PasswordLookup (see lookupPassword).
 func (m *TCPMuxDefault) serveConn(c *streamConn, accepted time.Time) {
-	defer m.wg.Done()
+	if m.serve(c, accepted) {
+		m.wg.Done()
+	}
+}
+
+// serve reads and admits the first frame, then every later one. It
+// reports whether the goroutine is still in m.wg.
+func (m *TCPMuxDefault) serve(c *streamConn, accepted time.Time) (inWaitGroup bool) {
 	// The deadline comes first: a wrapped conn such as a PROXY-protocol
 	// one may read from the network to learn its addresses.
 	if err := c.conn.SetReadDeadline(accepted.Add(m.params.FirstStunBindTimeout)); err != nil {
 		m.reject(c, rejectOther)
-		return
+		return true
 	}
 	c.learnAddrs()
 	if verdict := m.learnSource(c); verdict != rejectNone {
 		m.reject(c, verdict)
-		return
+		return true
 	}
 	fr := NewFrameReader(c.conn, m.params.MaxFirstFrameSize)
 	frame, ufrag, verdict := m.readFirstFrame(c, fr)
@@ -392,19 +462,22 @@ func (m *TCPMuxDefault) serveConn(c *streamConn, accepted time.Time) {
 	case rejectNone:
 		verdict = m.attach(c, ufrag)
 	case handedOver:
-		return
+		return true
+	case leftMux:
+		return false
 	}
 	if verdict != rejectNone {
 		m.reject(c, verdict)
-		return
+		return true
 	}
-	fr.SetMaxPayload(MaxFramePayload)
+	fr.setMaxPayload(MaxFramePayload)
 	c.fr = fr
 	if c.pc.deliver(c, frame) {
 		c.readLoop()
 	}
 	c.fail(io.EOF) // no-op unless the PacketConn closed under a blocked reader
 	c.waitWriters()
+	return true
 }
 
 // learnSource counts a connection whose address was unknown at accept
@@ -420,15 +493,21 @@ func (m *TCPMuxDefault) learnSource(c *streamConn) rejectReason {
 	return refuse
 }
 
-// handedOver is the verdict for a connection that handOver dealt with:
-// given to the fallback listener, or closed and counted there.
-const handedOver = rejectReason(255)
+// Verdicts for connections that need no reject: handedOver for one that
+// handOver dealt with (given to the fallback listener, or closed and
+// counted there), leftMux for one whose goroutine left m.wg for
+// PasswordLookup and found the mux closed on return (Close counted it).
+const (
+	handedOver = rejectReason(255)
+	leftMux    = rejectReason(254)
+)
 
 // readFirstFrame reads and validates the first frame under the
-// first-frame deadline, already set, or hands a non-STUN connection to the fallback.
+// first-frame deadline, already set, or hands a non-STUN connection to the
+// fallback. Its verdict is leftMux if the mux closed during PasswordLookup.
 func (m *TCPMuxDefault) readFirstFrame(c *streamConn, fr *FrameReader) (frame, ufrag []byte, _ rejectReason) {
 	if m.params.Fallback {
-		head, err := fr.Peek(stunSniffSize)
+		head, err := fr.peek(stunSniffSize)
 		if err != nil {
 			return nil, nil, readFailure(err)
 		}
@@ -445,7 +524,10 @@ func (m *TCPMuxDefault) readFirstFrame(c *streamConn, fr *FrameReader) (frame, u
 		return nil, nil, reason
 	}
 	if lookup := m.params.PasswordLookup; lookup != nil {
-		password, ok := lookup(string(ufrag))
+		password, ok, verdict := m.lookupPassword(c, lookup, ufrag)
+		if verdict != rejectNone {
+			return nil, nil, verdict
+		}
 		if !ok || !verifyIntegrity(frame, password) {
 			return nil, nil, rejectAuth
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 // Tests of SPEC 5's MultiTCPMuxDefault, with real muxes on loopback and
@@ -325,4 +326,30 @@ func TestMultiHandlesImplementAddrPort(t *testing.T) {
 	defer conns[0].Close()
 	_, ok := conns[0].(pcAddrPortConn)
 	require.True(t, ok)
+}
+
+// A PasswordLookup may close the MultiTCPMuxDefault holding its mux: Close
+// reaches every mux and returns, and nothing is left running.
+func TestMultiCloseFromPasswordLookup(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	var multi atomic.Pointer[MultiTCPMuxDefault]
+	closed := make(chan error, 1)
+	first := lookupMux(t, func(*TCPMuxDefault) (string, bool) {
+		closed <- multi.Load().Close()
+		return "pwd", true
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	second := NewTCPMuxDefault(TCPMuxParams{Listener: ln, Logger: quietLogger()})
+	multi.Store(NewMultiTCPMuxDefault(first, second))
+
+	client := dialUfrag(t, first, "srv")
+	waitCloseFromLookup(t, closed)
+	waitClosedByPeer(t, client, time.Second)
+	goleak.VerifyNone(t, leaks)
+	for _, m := range []*TCPMuxDefault{first, second} {
+		_, err := m.GetConnByUfrag("srv", false, nil)
+		require.ErrorIs(t, err, net.ErrClosed)
+	}
+	require.Equal(t, uint64(1), multi.Load().Stats().Rejected.Other)
 }

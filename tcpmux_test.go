@@ -8,12 +8,14 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/pion/stun/v3"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 func TestSmokeRoundTrip(t *testing.T) {
@@ -487,6 +489,95 @@ func TestPasswordLookup(t *testing.T) {
 	pc := getConn(t, m, "known")
 	dialUfrag(t, m, "known")
 	readPacket(t, pc)
+}
+
+// closeFromLookupTimeout bounds a Close that a deadlock would hold forever:
+// the test fails instead of hanging the suite.
+const closeFromLookupTimeout = 5 * time.Second
+
+// lookupMux starts a mux whose PasswordLookup calls lookup with the mux
+// itself. It has no Cleanup that closes it: a Close that deadlocked would
+// hang the cleanup too.
+func lookupMux(t *testing.T, lookup func(m *TCPMuxDefault) (string, bool)) *TCPMuxDefault {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	// The lookup runs on a goroutine synchronised with the test only
+	// through a socket, which the race detector does not see.
+	var self atomic.Pointer[TCPMuxDefault]
+	m := NewTCPMuxDefault(TCPMuxParams{Listener: ln, Logger: quietLogger(), PasswordLookup: func(string) (string, bool) {
+		return lookup(self.Load())
+	}})
+	self.Store(m)
+	return m
+}
+
+// waitCloseFromLookup waits for the error of a Close that a PasswordLookup
+// called or was running during.
+func waitCloseFromLookup(t *testing.T, closed <-chan error) {
+	t.Helper()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(closeFromLookupTimeout):
+		t.Fatal("Close deadlocked on a PasswordLookup")
+	}
+}
+
+// A PasswordLookup may close the mux (say, the server is shutting down):
+// Close returns, the connection ends closed and counted as Other like any
+// pending connection Close closes, and its goroutine exits once the
+// lookup returns.
+func TestCloseFromPasswordLookup(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	closed := make(chan error, 1)
+	m := lookupMux(t, func(m *TCPMuxDefault) (string, bool) {
+		closed <- m.Close()
+		return "pwd", true
+	})
+	client := dialUfrag(t, m, "srv")
+	waitCloseFromLookup(t, closed)
+	waitClosedByPeer(t, client, time.Second)
+	goleak.VerifyNone(t, leaks)
+
+	s := m.Stats()
+	require.Equal(t, uint64(1), s.ConnsRejected)
+	require.Equal(t, uint64(1), s.Rejected.Other)
+	require.Zero(t, s.ConnsPending)
+	require.Zero(t, s.ConnsActive)
+	require.Zero(t, s.PacketConns)
+	_, err := m.GetConnByUfrag("srv", false, nil)
+	require.ErrorIs(t, err, net.ErrClosed)
+}
+
+// Close from another goroutine does not wait for a PasswordLookup in
+// progress, yet the connection is already closed and counted when it
+// returns; the lookup's answer, when it comes, changes nothing.
+func TestCloseDuringPasswordLookup(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	entered, release := make(chan struct{}), make(chan struct{})
+	m := lookupMux(t, func(*TCPMuxDefault) (string, bool) {
+		close(entered)
+		<-release
+		return "pwd", true
+	})
+	client := dialUfrag(t, m, "srv")
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("PasswordLookup not called")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- m.Close() }()
+	waitCloseFromLookup(t, closed)
+	s := m.Stats()
+	require.Equal(t, uint64(1), s.Rejected.Other, "counted when Close returns")
+	require.Zero(t, s.ConnsPending)
+	waitClosedByPeer(t, client, time.Second)
+
+	close(release)
+	goleak.VerifyNone(t, leaks)
+	require.Equal(t, s, m.Stats(), "nothing counted after Close")
 }
 
 // SPEC 5: Accept errors other than a closed listener are retried with

@@ -1667,7 +1667,7 @@ func snapshotRace(t *testing.T, st *counters, mu *sync.Mutex, locked bool, cycle
 	}()
 	defer func() { close(stop); <-done }()
 	samples := 0
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); samples++ {
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); samples++ {
 		if locked {
 			mu.Lock()
 		}

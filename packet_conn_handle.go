@@ -30,7 +30,7 @@ func newPacketConnHandle(pc *tcpPacketConn) *packetConnHandle {
 // When the PacketConn has a single connection and nothing is queued, it
 // reads the frame from that connection's socket itself (socket_loan.go).
 func (h *packetConnHandle) ReadFrom(b []byte) (int, net.Addr, error) {
-	n, from, err := h.read(b)
+	n, from, _, err := h.read(b)
 	if from == nil {
 		return n, nil, err // not a typed nil in the interface
 	}
@@ -40,32 +40,37 @@ func (h *packetConnHandle) ReadFrom(b []byte) (int, net.Addr, error) {
 // ReadFromAddrPort is ReadFrom returning a netip.AddrPort, for pion/ice's
 // allocation-free path.
 func (h *packetConnHandle) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
-	n, from, err := h.read(b)
+	n, from, sender, err := h.read(b)
+	if sender != nil {
+		return n, sender.remoteAP, err // no conversion on the direct path
+	}
 	return n, from.AddrPort(), err
 }
 
-func (h *packetConnHandle) read(b []byte) (int, *net.TCPAddr, error) {
-	n, from, err, waited := h.readOrWait(b)
+// read returns the next packet and its sender's address, and the sender
+// itself when it read the packet from the sender's socket.
+func (h *packetConnHandle) read(b []byte) (int, *net.TCPAddr, *streamConn, error) {
+	n, from, sender, err, waited := h.readOrWait(b)
 	if waited {
 		h.pc.passReadable()
 	}
 	if err != nil {
 		err = h.opError("read", from, err)
 	}
-	return n, from, err
+	return n, from, sender, err
 }
 
 // readOrWait takes the next packet: from the queue, else from the lent
 // socket, else it waits for either. It reports whether it waited, and so
 // may have taken the readers' wake-up token.
-func (h *packetConnHandle) readOrWait(b []byte) (n int, from *net.TCPAddr, err error, waited bool) {
+func (h *packetConnHandle) readOrWait(b []byte) (n int, from *net.TCPAddr, sender *streamConn, err error, waited bool) {
 	pc := h.pc
 	for {
 		if err := h.readErr(); err != nil {
-			return 0, nil, err, waited
+			return 0, nil, nil, err, waited
 		}
 		if n, from, ok, err := pc.queue.pop(b); ok {
-			return n, from, err, waited
+			return n, from, nil, err, waited
 		}
 		if c := pc.loan.takeOrWait(h); c != nil {
 			n, err := c.readDirect(h, b)
@@ -74,9 +79,9 @@ func (h *packetConnHandle) readOrWait(b []byte) (n int, from *net.TCPAddr, err e
 			case errLoanIdle, errLoanEnded:
 				continue
 			case nil, io.ErrShortBuffer:
-				return n, c.remote, err, waited
+				return n, c.remote, c, err, waited
 			}
-			return 0, nil, err, waited
+			return 0, nil, nil, err, waited
 		}
 		select {
 		case <-pc.readable:
@@ -97,7 +102,12 @@ func (h *packetConnHandle) readErr() error {
 	case h.readDeadline.exceeded():
 		return os.ErrDeadlineExceeded
 	}
-	return nil
+	select {
+	case <-h.pc.done:
+		return ErrConnClosed
+	default:
+		return nil
+	}
 }
 
 // WriteTo sends b as one frame on the connection whose remote address is

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // packetQueue holds the packets received for one PacketConn until ReadFrom
@@ -27,7 +28,7 @@ type packetQueue struct {
 	maxBytes int
 	entries  []queuedPacket // circular, one per queued packet
 	first    int
-	count    int
+	count    atomic.Int64 // written under mu; pop reads it without mu to skip an empty queue
 	maxCount int
 	blocked  int // pushers waiting on writable
 	closed   bool
@@ -109,13 +110,13 @@ func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok, wasEmpt
 			copy(q.data, p[n:])
 		}
 	}
-	q.entries[(q.first+q.count)%len(q.entries)] = queuedPacket{size: len(p), from: from}
-	q.count++
+	n := int(q.count.Add(1))
+	q.entries[(q.first+n-1)%len(q.entries)] = queuedPacket{size: len(p), from: from}
 	q.used += len(p)
 	q.received.packetsReceived.Add(1)
 	q.received.bytesReceived.Add(uint64(len(p)))
-	wasEmpty = q.count == 1
-	passBaton := q.blocked > 0 && q.count < q.maxCount
+	wasEmpty = n == 1
+	passBaton := q.blocked > 0 && n < q.maxCount
 	q.mu.Unlock()
 	if passBaton {
 		signal(q.writable)
@@ -133,14 +134,15 @@ func (q *packetQueue) cancelWait() {
 // reserveEntry makes room in the packet table for one more packet,
 // growing it if the packet bound allows. Called with q.mu held.
 func (q *packetQueue) reserveEntry() bool {
-	if q.count >= q.maxCount {
+	n := int(q.count.Load())
+	if n >= q.maxCount {
 		return false
 	}
-	if q.count < len(q.entries) {
+	if n < len(q.entries) {
 		return true
 	}
 	grown := make([]queuedPacket, min(max(2*len(q.entries), minQueueEntries), q.maxCount))
-	for i := range q.count {
+	for i := range n {
 		grown[i] = q.entries[(q.first+i)%len(q.entries)]
 	}
 	q.entries, q.first = grown, 0
@@ -174,12 +176,15 @@ func (q *packetQueue) reserve(n int) bool {
 // pop moves the oldest packet into b; ok is false if the queue is empty.
 // A packet larger than b is dropped and reported as io.ErrShortBuffer.
 func (q *packetQueue) pop(b []byte) (n int, from *net.TCPAddr, ok bool, err error) {
+	if q.count.Load() == 0 {
+		return 0, nil, false, nil // a push racing this load comes after it
+	}
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
 		return 0, nil, true, ErrConnClosed
 	}
-	if q.count == 0 {
+	if q.count.Load() == 0 {
 		q.mu.Unlock()
 		return 0, nil, false, nil
 	}
@@ -195,10 +200,10 @@ func (q *packetQueue) pop(b []byte) (n int, from *net.TCPAddr, ok bool, err erro
 		err = io.ErrShortBuffer
 	}
 	q.first = (q.first + 1) % len(q.entries)
-	q.count--
+	left := q.count.Add(-1)
 	q.used -= pkt.size
 	q.head = (q.head + pkt.size) % max(len(q.data), 1)
-	if q.count == 0 {
+	if left == 0 {
 		q.head = 0 // keeps the next payloads contiguous
 	}
 	pushers := q.blocked > 0
@@ -211,16 +216,14 @@ func (q *packetQueue) pop(b []byte) (n int, from *net.TCPAddr, ok bool, err erro
 
 // len is the number of packets queued.
 func (q *packetQueue) len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.count
+	return int(q.count.Load())
 }
 
 // releaseIfEmpty drops the byte buffer of an empty queue: its session went
 // idle.
 func (q *packetQueue) releaseIfEmpty() {
 	q.mu.Lock()
-	if q.count == 0 {
+	if q.count.Load() == 0 {
 		q.data, q.head = nil, 0
 	}
 	q.mu.Unlock()
@@ -231,6 +234,7 @@ func (q *packetQueue) close() {
 	q.mu.Lock()
 	q.closed = true
 	q.data, q.entries = nil, nil
-	q.count, q.used = 0, 0
+	q.count.Store(0)
+	q.used = 0
 	q.mu.Unlock()
 }

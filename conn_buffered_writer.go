@@ -18,12 +18,12 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 		c.flushing = true
 		c.writers.Add(1)
 	}
-	wakeIdle := c.idle
-	c.idle = false
+	wakeFlusher := c.flusherWaits
+	c.flusherWaits = false
 	c.bmu.Unlock()
 	if start {
 		go c.flush()
-	} else if wakeIdle {
+	} else if wakeFlusher {
 		signal(c.queuedWake)
 	}
 	return len(p), nil
@@ -43,12 +43,12 @@ func (c *streamConn) flush() {
 	for {
 		c.bmu.Lock()
 		if c.closed.Load() {
-			c.flushing, c.idle = false, false
+			c.flushing, c.flusherWaits = false, false
 			c.bmu.Unlock()
 			return
 		}
 		if c.queued.used == 0 {
-			c.idle = true
+			c.flusherWaits = true
 			c.bmu.Unlock()
 			if !c.waitForFrames(linger) {
 				return
@@ -84,10 +84,10 @@ func (c *streamConn) waitForFrames(linger *time.Timer) bool {
 	c.bmu.Lock()
 	defer c.bmu.Unlock()
 	if c.queued.used > 0 && !c.closed.Load() {
-		c.idle = false
+		c.flusherWaits = false
 		return true
 	}
-	c.flushing, c.idle = false, false
+	c.flushing, c.flusherWaits = false, false
 	c.queued.release() // an idle connection keeps no write buffer
 	return false
 }

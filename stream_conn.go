@@ -60,12 +60,12 @@ type streamConn struct {
 	// frames are appended to queued and a flusher goroutine, alive only
 	// while frames are queued (and a linger after), writes them from there
 	// in as few Writes as possible.
-	bmu        sync.Mutex
-	queued     writeRing
-	flushing   bool
-	idle       bool          // the flusher waits for frames on wake
-	queuedWake chan struct{} // one token: frames were queued for an idle flusher
-	writers    sync.WaitGroup
+	bmu          sync.Mutex
+	queued       writeRing
+	flushing     bool
+	flusherWaits bool          // the flusher waits for frames on queuedWake
+	queuedWake   chan struct{} // one token: frames were queued for an idle flusher
+	writers      sync.WaitGroup
 }
 
 // newStreamConn wraps an accepted connection. It does not ask the

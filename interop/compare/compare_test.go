@@ -1,7 +1,10 @@
 package compare
 
 import (
+	"bufio"
 	"bytes"
+	"io"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -60,5 +63,112 @@ func TestSmoke(t *testing.T) {
 		if !strings.Contains(out.String(), row) {
 			t.Errorf("report lacks %q:\n%s", row, out.String())
 		}
+	}
+}
+
+// TestRefReadFrame checks the floor's frame reader: frames within and
+// beyond the bufio buffer, a frame too large for the caller's buffer, and
+// streams ending between and inside frames.
+func TestRefReadFrame(t *testing.T) {
+	var stream []byte
+	sizes := []int{0, 1, 13, 14, 15, 100, 3}
+	for _, n := range sizes {
+		stream = append(stream, frameOf(bytes.Repeat([]byte{byte(n)}, n))...)
+	}
+	br := bufio.NewReaderSize(bytes.NewReader(stream), 16) // the smallest bufio buffer
+	buf := make([]byte, 50)
+	for _, n := range sizes {
+		p, err := readFrame(br, buf)
+		if n > len(buf) {
+			if err != io.ErrShortBuffer {
+				t.Fatalf("frame of %d B into %d: err %v, want io.ErrShortBuffer", n, len(buf), err)
+			}
+			continue
+		}
+		if err != nil || len(p) != n || !bytes.Equal(p, bytes.Repeat([]byte{byte(n)}, n)) {
+			t.Fatalf("frame of %d B: got %d B, %v", n, len(p), err)
+		}
+	}
+	if _, err := readFrame(br, buf); err != io.EOF {
+		t.Fatalf("at the end: err %v, want io.EOF", err)
+	}
+	for _, cut := range []int{1, 2, 10, 25} {
+		br := bufio.NewReaderSize(bytes.NewReader(frameOf(make([]byte, 30))[:cut]), 16)
+		if _, err := readFrame(br, buf); err != io.ErrUnexpectedEOF {
+			t.Errorf("stream cut after %d B: err %v, want io.ErrUnexpectedEOF", cut, err)
+		}
+	}
+}
+
+// TestRefServer checks the floor end to end: routing by the Binding
+// request, frames arriving with it or later (the idle path, which holds no
+// buffer until the next byte), a frame too large for the reader, echoes.
+func TestRefServer(t *testing.T) {
+	for _, later := range []bool{false, true} {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := newServer(Ref, ln, MuxParams{})
+		pc, err := srv.Get("u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var frames []byte
+		for _, n := range []int{5, 100, 65535, 7} {
+			frames = append(frames, frameOf(bytes.Repeat([]byte{byte(n)}, n))...)
+		}
+		first := frameOf(bindingRequest("u1", 1))
+		if later {
+			_, err = conn.Write(first)
+		} else {
+			_, err = conn.Write(append(first, frames...))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 8192)
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil || from == nil {
+			t.Fatalf("later=%v: Binding request: %v", later, err)
+		}
+		if u, ok := ufragOf(buf[:n]); !ok || u != "u1" {
+			t.Fatalf("later=%v: first packet is not the Binding request", later)
+		}
+		if later {
+			go func() {
+				time.Sleep(20 * time.Millisecond)
+				_, _ = conn.Write(frames)
+			}()
+		}
+		for _, want := range []int{5, 100, -1, 7} {
+			n, _, err := pc.ReadFrom(buf)
+			if want < 0 {
+				if err != io.ErrShortBuffer {
+					t.Fatalf("later=%v: 65535 B frame into 8192: err %v, want io.ErrShortBuffer", later, err)
+				}
+				continue
+			}
+			if err != nil || n != want || buf[0] != byte(want) && want > 0 {
+				t.Fatalf("later=%v: got %d B, %v; want %d", later, n, err, want)
+			}
+		}
+		if _, err := pc.WriteTo([]byte("pong"), from); err != nil {
+			t.Fatal(err)
+		}
+		echo := make([]byte, 6)
+		if _, err := io.ReadFull(conn, echo); err != nil || string(echo) != "\x00\x04pong" {
+			t.Fatalf("later=%v: echo %q, %v", later, echo, err)
+		}
+		_ = conn.Close()
+		if _, _, err := pc.ReadFrom(buf); err != io.EOF {
+			t.Errorf("later=%v: after close: err %v, want io.EOF", later, err)
+		}
+		_ = pc.Close()
+		_ = srv.Close()
 	}
 }

@@ -323,6 +323,9 @@ func (p *clientProc) do(cmd command) (reply, error) {
 	}
 }
 
+// pid is the client process's id.
+func (p *clientProc) pid() int { return p.cmd.Process.Pid }
+
 func (p *clientProc) close() error {
 	_, _ = p.do(command{Op: "exit"})
 	_ = p.stdin.Close()

@@ -165,19 +165,25 @@ type metricSpec struct {
 	format func(float64) string
 	goal   string                         // shown in the goal column
 	check  func(ratio, ours float64) bool // nil: informative only
-	// noRatio: ratios of allocation counts say nothing; the goal is 0.
+	// noRatio: ratios say nothing (allocation counts, whose goal is 0;
+	// CPU percentages): the ratio cells stay empty.
 	noRatio bool
 }
 
 func specsFor(w Workload) (goals, details []metricSpec) {
 	zeroAllocs := func(_, ours float64) bool { return ours < 0.01 }
+	cpuShares := []metricSpec{
+		{name: mServerCPU, format: fmtPercent, noRatio: true},
+		{name: mClientCPU, format: fmtPercent, noRatio: true},
+		{name: mSoftirqCPU, format: fmtPercent, noRatio: true},
+	}
 	switch w.Kind {
 	case Ingress:
 		goals = []metricSpec{
 			{mPktRate, fmtRate, ">= 3x", func(r, _ float64) bool { return r >= 3 }, false},
 			{mAllocsPkt, fmtAllocs, "0", zeroAllocs, true},
 		}
-		details = []metricSpec{{name: mCPUPerPkt, format: fmtNanos}}
+		details = append([]metricSpec{{name: mCPUPerPkt, format: fmtNanos}}, cpuShares...)
 	case Egress:
 		goals = []metricSpec{
 			{mPktRate, fmtRate, ">= 1.5x", func(r, _ float64) bool { return r >= 1.5 }, false},
@@ -187,6 +193,7 @@ func specsFor(w Workload) (goals, details []metricSpec) {
 		if w.Buffered {
 			details = append(details, metricSpec{name: mDropRate, format: fmtRate})
 		}
+		details = append(details, cpuShares...)
 	case Echo:
 		goals = []metricSpec{
 			{mP50, fmtNanos, "<= 0.75x", func(r, _ float64) bool { return r <= 0.75 }, false},
@@ -197,6 +204,7 @@ func specsFor(w Workload) (goals, details []metricSpec) {
 			{name: mRTRate, format: fmtRate},
 			{name: mCPUPerRT, format: fmtNanos},
 		}
+		details = append(details, cpuShares...)
 	case IdleConn:
 		goals = []metricSpec{
 			{mIdleBytes, fmtBytes, "<= 0.5x", func(r, _ float64) bool { return r <= 0.5 }, false},
@@ -253,6 +261,7 @@ func report(cfg *Config, ws []Workload, res results, took time.Duration) {
 	fmt.Fprintln(out, "|---|---|---:|---:|---:|---:|---:|")
 	for wi, w := range ws {
 		_, details := specsFor(w)
+		details = slices.DeleteFunc(details, func(spec metricSpec) bool { return !measured(res[wi], spec.name) })
 		for k, spec := range details {
 			row, _, _, _ := tableRow(res[wi], w, k, spec)
 			fmt.Fprintln(out, row)
@@ -261,7 +270,11 @@ func report(cfg *Config, ws []Workload, res results, took time.Duration) {
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "ref is the floor, not a competitor: it has no mux (no ufrag routing, no queue, no hand-off between goroutines) and")
 	fmt.Fprintln(out, "no write buffer (its buffered egress rows write synchronously). Per-packet CPU is the server process's CPU time in")
-	fmt.Fprintln(out, "the window divided by the packets moved, the agents' own loop included.")
+	fmt.Fprintln(out, "the window divided by the packets moved, the agents' own loop included. server CPU % and client CPU % are each process's")
+	fmt.Fprintln(out, "CPU time in the window over its length (100% = one core; the client's from /proc/<pid>/stat, 10 ms resolution).")
+	fmt.Fprintln(out, "Linux accounts softirqs, where loopback runs most of TCP's receive path in the sender's context, to no process:")
+	fmt.Fprintln(out, "softirq % is every CPU's, whoever caused it. A server near 100% (one busy reader) beside a client with headroom")
+	fmt.Fprintln(out, "is server-bound; on a shared machine, other processes' CPU keeps either below 100%.")
 }
 
 // tableRow formats one metric of one workload; it returns the median
@@ -291,6 +304,17 @@ func tableRow(byImpl [numImpls][]sample, w Workload, k int, spec metricSpec) (st
 	}
 	row := fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s |", name, spec.name, cells[pi], cells[oi], cells[ri], vsPion, vsRef)
 	return row, rPion, medians[oi], okPion && have[oi]
+}
+
+// measured tells whether any trial of a workload has the metric (the
+// client CPU and softirqs, on Linux only).
+func measured(byImpl [numImpls][]sample, metric string) bool {
+	for _, ss := range byImpl {
+		if len(values(ss, metric)) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func values(ss []sample, metric string) []float64 {
@@ -363,6 +387,8 @@ func fmtBytes(v float64) string {
 	}
 	return fmt.Sprintf("%.0f B", v)
 }
+
+func fmtPercent(v float64) string { return fmt.Sprintf("%.0f%%", v) }
 
 func fmtAllocs(v float64) string { return fmt.Sprintf("%.3f", v) }
 

@@ -58,6 +58,9 @@ type sample map[string]float64
 const (
 	mPktRate     = "pkts/s"
 	mCPUPerPkt   = "server CPU/pkt"
+	mServerCPU   = "server CPU %"
+	mClientCPU   = "client CPU %"
+	mSoftirqCPU  = "softirq % (machine)"
 	mAllocsPkt   = "allocs/pkt"
 	mDropRate    = "drops/s"
 	mP50         = "RTT p50"
@@ -335,17 +338,26 @@ func (a *agents) teardown(client *clientProc) error {
 
 // snapshot is the server process's counters at one instant.
 type snapshot struct {
-	at      time.Time
-	cpu     time.Duration
-	mallocs uint64
-	count   int64
-	drops   int64
+	at        time.Time
+	cpu       time.Duration
+	clientCPU time.Duration // the client process's, if clientOK
+	clientOK  bool
+	softirq   time.Duration // every CPU's, if softirqOK
+	softirqOK bool
+	mallocs   uint64
+	count     int64
+	drops     int64
 }
 
 func (a *agents) snap() snapshot {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return snapshot{at: time.Now(), cpu: processCPU(), mallocs: ms.Mallocs, count: a.total(a.counts), drops: a.total(a.drops)}
+	s := snapshot{at: time.Now(), cpu: processCPU(), mallocs: ms.Mallocs, count: a.total(a.counts), drops: a.total(a.drops)}
+	s.softirq, s.softirqOK = softirqCPU()
+	if a.cfg.client != nil {
+		s.clientCPU, s.clientOK = childCPU(a.cfg.client.pid())
+	}
+	return s
 }
 
 // connect makes the client dial one connection per ufrag in mode and waits
@@ -425,6 +437,13 @@ func runTrial(cfg *Config, client *clientProc, w Workload, impl Impl) (s sample,
 	}
 	cpuNs := float64(s1.cpu - s0.cpu)
 	allocs := float64(s1.mallocs - s0.mallocs)
+	s[mServerCPU] = 100 * cpuNs / float64(s1.at.Sub(s0.at))
+	if s0.clientOK && s1.clientOK {
+		s[mClientCPU] = 100 * float64(s1.clientCPU-s0.clientCPU) / float64(s1.at.Sub(s0.at))
+	}
+	if s0.softirqOK && s1.softirqOK {
+		s[mSoftirqCPU] = 100 * float64(s1.softirq-s0.softirq) / float64(s1.at.Sub(s0.at))
+	}
 	if w.Kind == Echo {
 		a.stopping.Store(true)
 		rep, err := client.do(command{Op: "stop"})

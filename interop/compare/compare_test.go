@@ -172,3 +172,47 @@ func TestRefServer(t *testing.T) {
 		_ = srv.Close()
 	}
 }
+
+// TestGoalsAgainstFloor checks that the goal column judges the ratio to
+// ref where issue 12 says so, and to pion elsewhere.
+func TestGoalsAgainstFloor(t *testing.T) {
+	ws := []Workload{
+		{Kind: Ingress, Conns: 1, Size: 64},
+		{Kind: Ingress, Conns: 1, Size: 1200},
+		{Kind: Egress, Conns: 1, Size: 1200},
+		{Kind: Egress, Conns: 1, Size: 1200, Buffered: true},
+		{Kind: Echo, Conns: 1, Size: 1200},
+	}
+	one := func(pion, ours, ref sample) [numImpls][]sample {
+		var r [numImpls][]sample
+		r[implIndex(Pion)], r[implIndex(Ours)], r[implIndex(Ref)] = []sample{pion}, []sample{ours}, []sample{ref}
+		return r
+	}
+	res := results{
+		// 0.6x ref (met at 64 B), 60x pion.
+		one(sample{mPktRate: 1}, sample{mPktRate: 60, mAllocsPkt: 0}, sample{mPktRate: 100}),
+		// 0.6x ref (not met at 1200 B).
+		one(sample{mPktRate: 1}, sample{mPktRate: 60, mAllocsPkt: 0}, sample{mPktRate: 100}),
+		// 0.95x ref packets, 1.2x ref CPU (not met), 0.5x pion CPU.
+		one(sample{mPktRate: 10, mCPUPerPkt: 240}, sample{mPktRate: 95, mCPUPerPkt: 120, mAllocsPkt: 1}, sample{mPktRate: 100, mCPUPerPkt: 100}),
+		// 2x pion, 0.5x ref: judged against pion.
+		one(sample{mPktRate: 50}, sample{mPktRate: 100, mAllocsPkt: 0}, sample{mPktRate: 200}),
+		// p50 1.05x ref (met), 2x pion.
+		one(sample{mP50: 50}, sample{mP50: 105, mAllocsRT: 0}, sample{mP50: 100}),
+	}
+	var out bytes.Buffer
+	report(&Config{Rounds: 1, Out: &out}, ws, res, time.Second)
+	for _, want := range []string{
+		"| ingress 1 conn 64 B | pkts/s | 1 | 60 | 100 | 60.00x | 0.60x | >= 0.5x ref | yes |",
+		"| ingress 1 conn 1200 B | pkts/s | 1 | 60 | 100 | 60.00x | 0.60x | >= 0.9x ref | no |",
+		"| egress sync 1 conn 1200 B | pkts/s | 10 | 95 | 100 | 9.50x | 0.95x | >= 0.9x ref | yes |",
+		"|  | server CPU/pkt | 240 ns | 120 ns | 100 ns | 0.50x | 1.20x | <= 1.15x ref | no |",
+		"|  | allocs/pkt | n/a | 1.000 | n/a |  |  | 0 | no |",
+		"| egress buffered 1 conn 1200 B | pkts/s | 50 | 100 | 200 | 2.00x | 0.50x | >= 1.5x pion | yes |",
+		"| echo 1 conn 1200 B | RTT p50 | 50 ns | 105 ns | 100 ns | 2.10x | 1.05x | <= 1.1x ref | yes |",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+}

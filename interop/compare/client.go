@@ -48,7 +48,9 @@ type reply struct {
 // RunClient is the client process: it serves commands from r until "exit"
 // or EOF, replying on w.
 func RunClient(r io.Reader, w io.Writer) error {
+	_, _, _ = raiseFileLimit() // checked by dial, which says what it needs
 	in := bufio.NewScanner(r)
+	in.Buffer(make([]byte, 64<<10), 64<<20) // a dial command lists every ufrag
 	enc := json.NewEncoder(w)
 	var s *clientSession
 	defer func() {
@@ -111,6 +113,9 @@ type clientSession struct {
 }
 
 func dialSession(cmd command) (*clientSession, error) {
+	if err := checkFileLimit(len(cmd.Ufrags)); err != nil {
+		return nil, fmt.Errorf("client process: %w", err)
+	}
 	s := &clientSession{cmd: cmd, conns: make([]net.Conn, len(cmd.Ufrags)), goCh: make(chan struct{})}
 	parallel := max(1, cmd.Parallel)
 	next := make(chan int)

@@ -48,8 +48,8 @@ type Config struct {
 	Quick             bool   // a small workload set, for a smoke test
 	Only              string // run only workloads whose name contains one of these comma-separated strings
 	Params            MuxParams
-	BufferedWriteSize int // WriteBufferSize of the buffered egress workloads
-	IdleConns         int // connections of the accept+idle workload
+	BufferedWriteSize int   // WriteBufferSize of the buffered egress workloads
+	IdleConns         []int // connections of the accept+idle workloads
 	API               string
 	ClientArgs        []string  // arguments that make this executable a client
 	ClientEnv         []string  // extra environment of the client process
@@ -73,7 +73,6 @@ func (c *Config) Workloads() []Workload {
 			{Kind: Egress, Conns: 1, Size: 1200},
 			{Kind: Egress, Conns: 16, Size: 1200},
 			{Kind: Echo, Conns: 1, Size: 1200},
-			{Kind: IdleConn, Conns: c.IdleConns},
 		}
 	} else {
 		for _, kind := range []string{Ingress, Egress} {
@@ -89,8 +88,10 @@ func (c *Config) Workloads() []Workload {
 		ws = append(ws,
 			Workload{Kind: Echo, Conns: 1, Size: 1200},
 			Workload{Kind: Echo, Conns: 16, Size: 1200},
-			Workload{Kind: IdleConn, Conns: c.IdleConns},
 		)
+	}
+	for _, n := range c.IdleConns {
+		ws = append(ws, Workload{Kind: IdleConn, Conns: n})
 	}
 	if c.Only != "" {
 		keep := strings.Split(c.Only, ",")
@@ -115,6 +116,9 @@ func Run(cfg Config) error {
 	}
 	if cfg.Out == nil {
 		cfg.Out = os.Stdout
+	}
+	if _, _, err := raiseFileLimit(); err != nil {
+		fmt.Fprintf(cfg.Log, "muxbench: %v; accept+idle workloads with many connections may fail\n", err)
 	}
 	client, err := startClient(cfg.ClientArgs, cfg.ClientEnv)
 	if err != nil {
@@ -233,6 +237,7 @@ func specsFor(w Workload) (goals, details []metricSpec) {
 		details = []metricSpec{
 			{name: mIdleHeap, format: fmtBytes},
 			{name: mIdleStack, format: fmtBytes},
+			{name: mIdleLaterBytes, format: fmtBytes},
 			{name: mAcceptAlloc, format: fmtCount},
 		}
 	}
@@ -252,7 +257,8 @@ func report(cfg *Config, ws []Workload, res results, took time.Duration) {
 	fmt.Fprintf(out, "Both muxes get TCPMuxParams{ReadBufferSize: %d, WriteBufferSize: 0, or %d in buffered mode}; agents use %s.\n",
 		cfg.Params.ReadBufferSize, cfg.BufferedWriteSize, api)
 	fmt.Fprintf(out, "Values are medians over rounds; a ratio is the median of the per-round ours/pion (or ours/ref) ratios, with their range.\n")
-	fmt.Fprintf(out, "The clients run in a separate process; CPU and allocations are the server process's.\n")
+	fmt.Fprintf(out, "The clients run in a separate process; CPU and allocations are the server process's. Neither process is pinned to a CPU%s.\n",
+		fileLimitNote())
 	fmt.Fprintf(out, "Goals are issue 12's: against ref (the floor) where it does the same work, against pion for buffered egress and idle memory.\n\n")
 
 	header := "| workload | metric | pion | ours | ref | ours/pion | ours/ref |"
@@ -297,6 +303,16 @@ func report(cfg *Config, ws []Workload, res results, took time.Duration) {
 	fmt.Fprintln(out, "is server-bound; on a shared machine, other processes' CPU keeps either below 100%.")
 }
 
+// fileLimitNote describes RLIMIT_NOFILE for the report's header, where it
+// is known.
+func fileLimitNote() string {
+	soft, hard, _ := raiseFileLimit()
+	if soft == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; RLIMIT_NOFILE %d (hard %d)", soft, hard)
+}
+
 // tableRow formats one metric of one workload; it returns the value its
 // goal checks (the median ratio ours/spec.vs, or ours' median) and whether
 // it exists.
@@ -334,7 +350,7 @@ func tableRow(byImpl [numImpls][]sample, w Workload, k int, spec metricSpec) (st
 }
 
 // measured tells whether any trial of a workload has the metric (the
-// client CPU and softirqs, on Linux only).
+// client CPU, on Linux only; the late idle memory, not in quick runs).
 func measured(byImpl [numImpls][]sample, metric string) bool {
 	for _, ss := range byImpl {
 		if len(values(ss, metric)) > 0 {

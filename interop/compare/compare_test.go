@@ -46,7 +46,7 @@ func TestSmoke(t *testing.T) {
 		Only:              "1 conn,accept",
 		Params:            MuxParams{ReadBufferSize: 8},
 		BufferedWriteSize: 1 << 20,
-		IdleConns:         20,
+		IdleConns:         []int{20},
 		ClientEnv:         []string{"MUXBENCH_TEST_CLIENT=1"},
 		Out:               &out,
 		Log:               &log,
@@ -58,7 +58,7 @@ func TestSmoke(t *testing.T) {
 		"| ingress 1 conn 64 B | pkts/s |",
 		"| egress sync 1 conn 1200 B | pkts/s |",
 		"| echo 1 conn 1200 B | RTT p50 |",
-		"| accept+idle 20 conns | heap+stack/conn |",
+		"| accept+idle 20 conns | heap+stack/conn at 200 ms |",
 	} {
 		if !strings.Contains(out.String(), row) {
 			t.Errorf("report lacks %q:\n%s", row, out.String())

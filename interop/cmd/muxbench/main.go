@@ -18,6 +18,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/icetcp/tcpmux/interop/compare"
@@ -33,7 +35,7 @@ func main() {
 	flag.StringVar(&cfg.Only, "only", "", "run only workloads whose name contains one of these comma-separated strings (e.g. \"ingress,echo\", \"16 conns\")")
 	flag.IntVar(&cfg.Params.ReadBufferSize, "readbuf", 8, "TCPMuxParams.ReadBufferSize for both muxes (pion/webrtc's examples use 8)")
 	flag.IntVar(&cfg.BufferedWriteSize, "writebuf", 1<<20, "TCPMuxParams.WriteBufferSize of the buffered egress workloads")
-	flag.IntVar(&cfg.IdleConns, "idle-conns", 1000, "connections of the accept+idle workload")
+	idleConns := flag.String("idle-conns", "1000,10000", "comma-separated connection counts of the accept+idle workloads")
 	flag.StringVar(&cfg.API, "api", "auto", "auto: AddrPort methods where offered, as pion/ice's agent; addr: ReadFrom/WriteTo only")
 	flag.BoolVar(&cfg.Verbose, "v", false, "log every trial")
 	cpuProfile := flag.String("cpuprofile", "", "write the server process's CPU profile to this file")
@@ -58,10 +60,18 @@ func main() {
 		setIfDefault("rounds", func() { cfg.Rounds = 1 })
 		setIfDefault("duration", func() { cfg.Duration = 200 * time.Millisecond })
 		setIfDefault("warmup", func() { cfg.Warmup = 50 * time.Millisecond })
-		setIfDefault("idle-conns", func() { cfg.IdleConns = 200 })
+		setIfDefault("idle-conns", func() { *idleConns = "200" })
 	}
-	if cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.IdleConns < 1 {
-		fmt.Fprintln(os.Stderr, "muxbench: -rounds, -duration and -idle-conns must be positive")
+	for _, f := range strings.Split(*idleConns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "muxbench: -idle-conns: %q is not a positive count\n", f)
+			os.Exit(2)
+		}
+		cfg.IdleConns = append(cfg.IdleConns, n)
+	}
+	if cfg.Rounds < 1 || cfg.Duration <= 0 {
+		fmt.Fprintln(os.Stderr, "muxbench: -rounds and -duration must be positive")
 		os.Exit(2)
 	}
 	if *memProfile != "" {

@@ -3,12 +3,15 @@
 // workloads (ingress, egress, echo, accept and idle memory), interleaved in
 // one run, and prints medians and ratios as markdown tables. Clients run in
 // a child process (this command re-executed with -client) over loopback, so
-// the server's CPU time, allocations and memory are measured alone. See
-// package github.com/icetcp/tcpmux/interop/compare for the method.
+// the server's CPU time, allocations and memory are measured alone; the
+// details table shows both processes' CPU, to tell which was the
+// bottleneck. See package github.com/icetcp/tcpmux/interop/compare for the
+// method.
 //
-//	cd interop && go run ./cmd/muxbench            # full run, about 2-3 minutes
+//	cd interop && go run ./cmd/muxbench            # full run (3 rounds), about 4 minutes on 2 cores
 //	cd interop && go run ./cmd/muxbench -quick     # smoke test, under 30 s
 //	cd interop && go run ./cmd/muxbench -only ingress -rounds 5
+//	cd interop && go run ./cmd/muxbench -only accept -idle-conns 100,1000,10000 -rounds 5
 //	cd interop && go run ./cmd/muxbench -only "256 conns 8000" -memprofile mem.out -cpuprofile cpu.out
 package main
 

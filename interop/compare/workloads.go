@@ -56,21 +56,25 @@ type sample map[string]float64
 
 // Metric names.
 const (
-	mPktRate     = "pkts/s"
-	mCPUPerPkt   = "server CPU/pkt"
-	mAllocsPkt   = "allocs/pkt"
-	mDropRate    = "drops/s"
-	mP50         = "RTT p50"
-	mP99         = "RTT p99"
-	mRTRate      = "round trips/s"
-	mAllocsRT    = "allocs/round trip"
-	mCPUPerRT    = "server CPU/round trip"
-	mIdleBytes   = "heap+stack/conn"
-	mIdleGorout  = "goroutines/conn"
-	mIdleHeap    = "idle heap/conn"
-	mIdleStack   = "idle stacks/conn"
-	mAcceptCPU   = "server CPU/accept"
-	mAcceptAlloc = "allocs/accept"
+	mPktRate        = "pkts/s"
+	mCPUPerPkt      = "server CPU/pkt"
+	mServerCPU      = "server CPU %"
+	mClientCPU      = "client CPU %"
+	mSoftirqCPU     = "softirq % (machine)"
+	mAllocsPkt      = "allocs/pkt"
+	mDropRate       = "drops/s"
+	mP50            = "RTT p50"
+	mP99            = "RTT p99"
+	mRTRate         = "round trips/s"
+	mAllocsRT       = "allocs/round trip"
+	mCPUPerRT       = "server CPU/round trip"
+	mIdleBytes      = "heap+stack/conn at 200 ms"
+	mIdleGorout     = "goroutines/conn"
+	mIdleHeap       = "heap/conn at 200 ms"
+	mIdleStack      = "stacks/conn at 200 ms"
+	mIdleLaterBytes = "heap+stack/conn at 2.5 s"
+	mAcceptCPU      = "server CPU/accept"
+	mAcceptAlloc    = "allocs/accept"
 )
 
 // readBufferSize is the agent's read buffer: pion/ice's receiveMTU.
@@ -335,17 +339,26 @@ func (a *agents) teardown(client *clientProc) error {
 
 // snapshot is the server process's counters at one instant.
 type snapshot struct {
-	at      time.Time
-	cpu     time.Duration
-	mallocs uint64
-	count   int64
-	drops   int64
+	at        time.Time
+	cpu       time.Duration
+	clientCPU time.Duration // the client process's, if clientOK
+	clientOK  bool
+	softirq   time.Duration // every CPU's, if softirqOK
+	softirqOK bool
+	mallocs   uint64
+	count     int64
+	drops     int64
 }
 
 func (a *agents) snap() snapshot {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return snapshot{at: time.Now(), cpu: processCPU(), mallocs: ms.Mallocs, count: a.total(a.counts), drops: a.total(a.drops)}
+	s := snapshot{at: time.Now(), cpu: processCPU(), mallocs: ms.Mallocs, count: a.total(a.counts), drops: a.total(a.drops)}
+	s.softirq, s.softirqOK = softirqCPU()
+	if a.cfg.client != nil {
+		s.clientCPU, s.clientOK = childCPU(a.cfg.client.pid())
+	}
+	return s
 }
 
 // connect makes the client dial one connection per ufrag in mode and waits
@@ -425,6 +438,13 @@ func runTrial(cfg *Config, client *clientProc, w Workload, impl Impl) (s sample,
 	}
 	cpuNs := float64(s1.cpu - s0.cpu)
 	allocs := float64(s1.mallocs - s0.mallocs)
+	s[mServerCPU] = 100 * cpuNs / float64(s1.at.Sub(s0.at))
+	if s0.clientOK && s1.clientOK {
+		s[mClientCPU] = 100 * float64(s1.clientCPU-s0.clientCPU) / float64(s1.at.Sub(s0.at))
+	}
+	if s0.softirqOK && s1.softirqOK {
+		s[mSoftirqCPU] = 100 * float64(s1.softirq-s0.softirq) / float64(s1.at.Sub(s0.at))
+	}
 	if w.Kind == Echo {
 		a.stopping.Store(true)
 		rep, err := client.do(command{Op: "stop"})
@@ -450,6 +470,19 @@ func runTrial(cfg *Config, client *clientProc, w Workload, impl Impl) (s sample,
 	return s, nil
 }
 
+// Idle connections are measured idleSoon after the last one is attached
+// (every connection's Binding request read by its agent), quiet but not
+// yet past tcpmux's 2 s release of idle connections' buffers, and again
+// idleLater after it, past that release (not in quick runs).
+const (
+	idleSoon  = 200 * time.Millisecond
+	idleLater = 2500 * time.Millisecond
+)
+
+// fileLimitMargin is the descriptors a process needs besides its
+// connections.
+const fileLimitMargin = 256
+
 // acceptIdle measures the server CPU and allocations of accepting
 // w.Conns connections (first frame read, routed, delivered to the agent's
 // reader), then the heap and stack that they hold once idle, each with its
@@ -457,6 +490,9 @@ func runTrial(cfg *Config, client *clientProc, w Workload, impl Impl) (s sample,
 // agents' read buffers are allocated before the baseline: they are the
 // application's, the same for every implementation.
 func (a *agents) acceptIdle() (sample, error) {
+	if err := checkFileLimit(len(a.ufrags)); err != nil {
+		return nil, err
+	}
 	n := float64(len(a.ufrags))
 	m0, g0 := idleMemory()
 	if err := a.open(); err != nil {
@@ -469,18 +505,25 @@ func (a *agents) acceptIdle() (sample, error) {
 	if err := a.connect(a.cfg.client, modeHold, 0); err != nil {
 		return nil, err
 	}
+	attached := time.Now()
 	s1 := a.snap()
-	time.Sleep(50 * time.Millisecond) // let every goroutine settle
+	time.Sleep(time.Until(attached.Add(idleSoon)))
 	m1, g1 := idleMemory()
 	delta := func(a, b uint64) float64 { return float64(int64(b)-int64(a)) / n }
-	return sample{
+	s := sample{
 		mAcceptCPU:   float64(s1.cpu-s0.cpu) / n,
 		mAcceptAlloc: float64(s1.mallocs-s0.mallocs) / n,
 		mIdleBytes:   delta(m0.HeapInuse+m0.StackInuse, m1.HeapInuse+m1.StackInuse),
 		mIdleHeap:    delta(m0.HeapInuse, m1.HeapInuse),
 		mIdleStack:   delta(m0.StackInuse, m1.StackInuse),
 		mIdleGorout:  float64(g1-g0) / n,
-	}, nil
+	}
+	if !a.cfg.Quick {
+		time.Sleep(time.Until(attached.Add(idleLater)))
+		m2, _ := idleMemory()
+		s[mIdleLaterBytes] = delta(m0.HeapInuse+m0.StackInuse, m2.HeapInuse+m2.StackInuse)
+	}
+	return s, nil
 }
 
 // idleMemory is the memory statistics and the goroutine count after

@@ -3,12 +3,15 @@
 // workloads (ingress, egress, echo, accept and idle memory), interleaved in
 // one run, and prints medians and ratios as markdown tables. Clients run in
 // a child process (this command re-executed with -client) over loopback, so
-// the server's CPU time, allocations and memory are measured alone. See
-// package github.com/icetcp/tcpmux/interop/compare for the method.
+// the server's CPU time, allocations and memory are measured alone; the
+// details table shows both processes' CPU, to tell which was the
+// bottleneck. See package github.com/icetcp/tcpmux/interop/compare for the
+// method.
 //
-//	cd interop && go run ./cmd/muxbench            # full run, about 2-3 minutes
+//	cd interop && go run ./cmd/muxbench            # full run (3 rounds), about 4 minutes on 2 cores
 //	cd interop && go run ./cmd/muxbench -quick     # smoke test, under 30 s
 //	cd interop && go run ./cmd/muxbench -only ingress -rounds 5
+//	cd interop && go run ./cmd/muxbench -only accept -idle-conns 100,1000,10000 -rounds 5
 //	cd interop && go run ./cmd/muxbench -only "256 conns 8000" -memprofile mem.out -cpuprofile cpu.out
 package main
 
@@ -18,6 +21,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/icetcp/tcpmux/interop/compare"
@@ -33,7 +38,7 @@ func main() {
 	flag.StringVar(&cfg.Only, "only", "", "run only workloads whose name contains one of these comma-separated strings (e.g. \"ingress,echo\", \"16 conns\")")
 	flag.IntVar(&cfg.Params.ReadBufferSize, "readbuf", 8, "TCPMuxParams.ReadBufferSize for both muxes (pion/webrtc's examples use 8)")
 	flag.IntVar(&cfg.BufferedWriteSize, "writebuf", 1<<20, "TCPMuxParams.WriteBufferSize of the buffered egress workloads")
-	flag.IntVar(&cfg.IdleConns, "idle-conns", 1000, "connections of the accept+idle workload")
+	idleConns := flag.String("idle-conns", "1000,10000", "comma-separated connection counts of the accept+idle workloads")
 	flag.StringVar(&cfg.API, "api", "auto", "auto: AddrPort methods where offered, as pion/ice's agent; addr: ReadFrom/WriteTo only")
 	flag.BoolVar(&cfg.Verbose, "v", false, "log every trial")
 	cpuProfile := flag.String("cpuprofile", "", "write the server process's CPU profile to this file")
@@ -58,10 +63,18 @@ func main() {
 		setIfDefault("rounds", func() { cfg.Rounds = 1 })
 		setIfDefault("duration", func() { cfg.Duration = 200 * time.Millisecond })
 		setIfDefault("warmup", func() { cfg.Warmup = 50 * time.Millisecond })
-		setIfDefault("idle-conns", func() { cfg.IdleConns = 200 })
+		setIfDefault("idle-conns", func() { *idleConns = "200" })
 	}
-	if cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.IdleConns < 1 {
-		fmt.Fprintln(os.Stderr, "muxbench: -rounds, -duration and -idle-conns must be positive")
+	for _, f := range strings.Split(*idleConns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "muxbench: -idle-conns: %q is not a positive count\n", f)
+			os.Exit(2)
+		}
+		cfg.IdleConns = append(cfg.IdleConns, n)
+	}
+	if cfg.Rounds < 1 || cfg.Duration <= 0 {
+		fmt.Fprintln(os.Stderr, "muxbench: -rounds and -duration must be positive")
 		os.Exit(2)
 	}
 	if *memProfile != "" {

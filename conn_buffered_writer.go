@@ -1,6 +1,9 @@
 package tcpmux
 
-import "time"
+import (
+	"net"
+	"time"
+)
 
 func (c *streamConn) writeBuffered(p []byte) (int, error) {
 	c.bmu.Lock()
@@ -9,9 +12,10 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 		return 0, ErrConnClosed
 	}
 	if !c.queued.push(p, c.mux.params.WriteBufferSize) {
+		err := c.dropErrorLocked()
 		c.bmu.Unlock()
 		c.mux.stats.writeDrops.Add(1)
-		return 0, ErrWriteBufferFull
+		return 0, err
 	}
 	start := !c.flushing
 	if start {
@@ -27,6 +31,17 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 		signal(c.queuedWake)
 	}
 	return len(p), nil
+}
+
+// dropErrorLocked is the error of a frame dropped for a full write
+// buffer. It is made once per connection: an application writing faster
+// than its peer reads gets it for many frames in a row, which must not
+// allocate. Called with bmu held.
+func (c *streamConn) dropErrorLocked() error {
+	if c.dropErr == nil {
+		c.dropErr = &net.OpError{Op: "write", Net: "tcp", Source: c.pc.localAddr, Addr: c.remote, Err: ErrWriteBufferFull}
+	}
+	return c.dropErr
 }
 
 // flusherLinger is how long a flusher waits for more frames before it

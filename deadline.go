@@ -15,13 +15,15 @@ type deadline struct {
 	at      time.Time
 	timer   *time.Timer
 	ch      chan struct{} // nil until a wait; closed once expired
-	expired atomic.Bool
+	expired atomic.Bool   // the timer fired, or set found the time passed
+	armed   atomic.Bool   // at is set: exceeded must look at the clock
 }
 
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.at = t
+	d.armed.Store(!t.IsZero())
 	if d.timer != nil {
 		d.timer.Stop()
 	}
@@ -73,7 +75,20 @@ func (d *deadline) wait() <-chan struct{} {
 	return d.ch
 }
 
-func (d *deadline) exceeded() bool { return d.expired.Load() }
+// exceeded reports whether the deadline has passed, even if its timer has
+// not fired yet: a call made after the deadline fails, as in package net.
+// With no deadline set it costs one atomic load.
+func (d *deadline) exceeded() bool {
+	if d.expired.Load() {
+		return true
+	}
+	if !d.armed.Load() {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return !d.at.IsZero() && !time.Now().Before(d.at)
+}
 
 func (d *deadline) time() time.Time {
 	d.mu.Lock()

@@ -117,7 +117,11 @@ func (h *packetConnHandle) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if !ap.IsValid() {
 		return 0, h.opError("write", addr, fmt.Errorf("%w: %v", ErrNoConnForAddr, addr))
 	}
-	return h.WriteToAddrPort(b, ap)
+	n, err := h.write(b, ap)
+	if err != nil {
+		return n, h.opError("write", addr, err)
+	}
+	return n, nil
 }
 
 // WriteToAddrPort is WriteTo with a netip.AddrPort, for pion/ice's
@@ -125,6 +129,9 @@ func (h *packetConnHandle) WriteTo(b []byte, addr net.Addr) (int, error) {
 func (h *packetConnHandle) WriteToAddrPort(b []byte, addr netip.AddrPort) (int, error) {
 	n, err := h.write(b, addr)
 	if err != nil {
+		if _, ok := err.(*net.OpError); ok { // a dropped frame's is made once
+			return n, err
+		}
 		return n, h.opError("write", net.TCPAddrFromAddrPort(addr), err)
 	}
 	return n, nil

@@ -65,6 +65,7 @@ type streamConn struct {
 	flushing     bool
 	flusherWaits bool          // the flusher waits for frames on queuedWake
 	queuedWake   chan struct{} // one token: frames were queued for an idle flusher
+	dropErr      error         // returned for every dropped frame (dropErrorLocked)
 	writers      sync.WaitGroup
 }
 

@@ -297,15 +297,30 @@ func pcCheckConcurrentWriteTo(t *testing.T, pc net.PacketConn, peer net.Conn, to
 // ---------------------------------------------------------------------------
 // The generic net.PacketConn contract, in the spirit of x/net/nettest.
 
+// pcContractEnv is what a case of the contract suite runs on: a handle on a
+// fresh PacketConn and the clients attached to it. mk's cleanups close
+// them all.
+type pcContractEnv struct {
+	pc net.PacketConn
+	// peers are client TCP connections attached to pc, each speaking RFC
+	// 4571 frames, their first frames already read by pc.
+	peers []net.Conn
+	// handle takes another handle on pc's PacketConn (GetConnByUfrag
+	// again), closed when the test ends.
+	handle func() net.PacketConn
+}
+
+// pair is the handle and its first peer, for the cases that need no more.
+func (e pcContractEnv) pair() (net.PacketConn, net.Conn) { return e.pc, e.peers[0] }
+
 // testPacketConnContract checks the net.PacketConn rules of SPEC 4 and 5
 // that do not depend on how the PacketConn was built: addresses, a round
 // trip, deadlines (read, write, both, blocked reads, clearing), concurrent
-// ReadFrom and WriteTo, and closing. mk returns a fresh PacketConn and a peer
-// (one client TCP connection attached to it, its first frame already read
-// by pc, speaking RFC 4571 frames); both are closed by mk's cleanups.
-func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketConn, peer net.Conn)) {
+// ReadFrom and WriteTo, every method at once on two handles (Chaos), and
+// closing. mk returns a fresh PacketConn and its peers.
+func testPacketConnContract(t *testing.T, mk func(t *testing.T) pcContractEnv) {
 	t.Run("Addresses", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		local, ok := pc.LocalAddr().(*net.TCPAddr)
 		require.True(t, ok, "LocalAddr is a *net.TCPAddr, got %T", pc.LocalAddr())
 		server := peer.RemoteAddr().(*net.TCPAddr)
@@ -325,7 +340,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("RoundTrip", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		for i := range 10 {
 			msg := []byte(fmt.Sprintf("ping %d", i))
 			_, err := peer.Write(frame(msg))
@@ -341,7 +356,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("ReadDeadlinePassed", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		require.NoError(t, pc.SetReadDeadline(time.Now().Add(-time.Second)))
 		n, _, err := pc.ReadFrom(make([]byte, 64))
 		pcRequireTimeout(t, err)
@@ -356,7 +371,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 
 	t.Run("ReadDeadlineWakesBlockedRead", func(t *testing.T) {
 		for _, d := range []time.Duration{-time.Second, 50 * time.Millisecond} {
-			pc, _ := mk(t)
+			pc, _ := mk(t).pair()
 			res := pcReadAsync(pc, make([]byte, 64))
 			start := time.Now()
 			require.NoError(t, pc.SetReadDeadline(time.Now().Add(d)))
@@ -367,7 +382,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("ReadDeadlineCleared", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		require.NoError(t, pc.SetReadDeadline(time.Now().Add(-time.Second)))
 		_, _, err := pc.ReadFrom(make([]byte, 64))
 		pcRequireTimeout(t, err)
@@ -388,7 +403,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("WriteDeadlinePassedWritesNothing", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		to := peer.LocalAddr()
 		require.NoError(t, pc.SetWriteDeadline(time.Now().Add(-time.Second)))
 		n, err := pc.WriteTo([]byte("must not be sent"), to)
@@ -401,7 +416,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("SetDeadlineSetsBoth", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		to := peer.LocalAddr()
 		require.NoError(t, pc.SetDeadline(time.Now().Add(-time.Second)))
 		_, _, err := pc.ReadFrom(make([]byte, 64))
@@ -419,7 +434,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("ConcurrentReadFrom", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		const packets, readers = 400, 4
 		var stream []byte
 		for seq := range packets {
@@ -463,12 +478,12 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("ConcurrentWriteTo", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		pcCheckConcurrentWriteTo(t, pc, peer, peer.LocalAddr(), 8, 100)
 	})
 
 	t.Run("CloseUnblocksReadFrom", func(t *testing.T) {
-		pc, _ := mk(t)
+		pc, _ := mk(t).pair()
 		res := pcReadAsync(pc, make([]byte, 64))
 		require.NoError(t, pc.Close())
 		r := pcAwait(t, res, time.Second, "ReadFrom after Close")
@@ -476,7 +491,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("UseAfterClose", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		require.NoError(t, pc.Close())
 		_, _, err := pc.ReadFrom(make([]byte, 64))
 		pcRequireClosed(t, err, "ReadFrom")
@@ -491,15 +506,30 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 }
 
+// TestPacketConnContract runs the suite over both address families, both
+// write modes, and one or two TCP connections per PacketConn: with two,
+// the first peer's packets share the PacketConn's queue with another
+// connection's, which a single connection may bypass (direct_read.go).
 func TestPacketConnContract(t *testing.T) {
 	for _, fam := range pcFamilies {
 		for _, mode := range pcWriteModes {
-			t.Run(fam.name+"/"+mode.name, func(t *testing.T) {
-				testPacketConnContract(t, func(t *testing.T) (net.PacketConn, net.Conn) {
-					_, pc, client, _ := pcPair(t, fam, TCPMuxParams{WriteBufferSize: mode.writeBufferSize})
-					return pc, client
+			for _, conns := range []int{1, 2} {
+				t.Run(fmt.Sprintf("%s/%s/%dconn", fam.name, mode.name, conns), func(t *testing.T) {
+					testPacketConnContract(t, func(t *testing.T) pcContractEnv {
+						m, pc, client, _ := pcPair(t, fam, TCPMuxParams{WriteBufferSize: mode.writeBufferSize})
+						env := pcContractEnv{
+							pc:     pc,
+							peers:  []net.Conn{client},
+							handle: func() net.PacketConn { return pcClaim(t, m, fam, "pair") },
+						}
+						for len(env.peers) < conns {
+							c, _ := pcConnect(t, m, pc, "pair")
+							env.peers = append(env.peers, c)
+						}
+						return env
+					})
 				})
-			})
+			}
 		}
 	}
 }

@@ -482,6 +482,10 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) pcContractEnv) {
 		pcCheckConcurrentWriteTo(t, pc, peer, peer.LocalAddr(), 8, 100)
 	})
 
+	t.Run("Chaos", func(t *testing.T) {
+		testPacketConnChaos(t, mk)
+	})
+
 	t.Run("CloseUnblocksReadFrom", func(t *testing.T) {
 		pc, _ := mk(t).pair()
 		res := pcReadAsync(pc, make([]byte, 64))

@@ -39,7 +39,14 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 // allocate. Called with bmu held.
 func (c *streamConn) dropErrorLocked() error {
 	if c.dropErr == nil {
-		c.dropErr = &net.OpError{Op: "write", Net: "tcp", Source: c.pc.localAddr, Addr: c.remote, Err: ErrWriteBufferFull}
+		opErr := &net.OpError{Op: "write", Net: "tcp", Err: ErrWriteBufferFull}
+		if c.pc != nil {
+			opErr.Source = c.pc.localAddr
+		}
+		if c.remote != nil {
+			opErr.Addr = c.remote
+		}
+		c.dropErr = opErr
 	}
 	return c.dropErr
 }

@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"hash/crc32"
 	"math/rand/v2"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pion/stun/v3"
 	"github.com/stretchr/testify/assert"
@@ -508,5 +510,155 @@ func FuzzParseBindingRequest(f *testing.F) {
 		}
 		// Neither must verifyIntegrity panic on anything.
 		verifyIntegrity(frame, testPassword)
+	})
+}
+
+// admissionVerdict is what the mux must decide for a connection whose whole
+// stream is stream, followed by EOF: the reason it is rejected, or, when
+// admitted, its ufrag, first frame and the complete frames after it.
+func admissionVerdict(stream []byte, lookup func(string) (string, bool)) (reason rejectReason, ufrag string, first []byte, rest [][]byte) {
+	if len(stream) < FrameHeaderSize {
+		return rejectOther, "", nil, nil // EOF before or inside the header
+	}
+	n := int(binary.BigEndian.Uint16(stream))
+	if n > DefaultMaxFirstFrameSize {
+		return rejectTooLarge, "", nil, nil
+	}
+	if len(stream)-FrameHeaderSize < n {
+		return rejectOther, "", nil, nil // EOF inside the first frame
+	}
+	first = stream[FrameHeaderSize : FrameHeaderSize+n]
+	u, reason := parseBindingRequest(first)
+	if reason != rejectNone {
+		return reason, "", nil, nil
+	}
+	password, ok := lookup(string(u))
+	if !ok || !verifyIntegrity(first, password) {
+		return rejectAuth, "", nil, nil
+	}
+	rest, _ = referenceFrames(stream[FrameHeaderSize+n:], MaxFramePayload)
+	return rejectNone, string(u), first, rest
+}
+
+func rejectedCount(r RejectedStats, reason rejectReason) uint64 {
+	switch reason {
+	case rejectTimeout:
+		return r.Timeout
+	case rejectNotSTUN:
+		return r.NotSTUN
+	case rejectUsername:
+		return r.Username
+	case rejectTooLarge:
+		return r.TooLarge
+	case rejectLimit:
+		return r.Limit
+	case rejectAuth:
+		return r.Auth
+	case rejectEvicted:
+		return r.Evicted
+	case rejectOther:
+		return r.Other
+	}
+	return 0
+}
+
+// FuzzFirstFrameAdmission feeds arbitrary bytes, then EOF, as a
+// connection's stream into a mux with PasswordLookup, and checks that the
+// mux admits exactly the connections whose first frame is a valid Binding
+// request with valid credentials, delivering that frame and every complete
+// later one, and otherwise counts exactly one rejection and keeps no state.
+func FuzzFirstFrameAdmission(f *testing.F) {
+	valid := frame(bindingRequest(f, "srv"))
+	f.Add(valid)
+	f.Add(append(append([]byte{}, valid...), append(frame([]byte("next")), frame(nil)...)...))
+	f.Add(append(append([]byte{}, valid...), 0x00, 0x05, 'x')) // then a partial frame
+	f.Add(frame(bindingRequest(f, "stranger")))                // unknown ufrag
+	f.Add(frame(bindingRequestWith(f, stun.NewUsername("srv:peer"), stun.NewShortTermIntegrity("wrong"), stun.Fingerprint)))
+	f.Add(frame(bindingRequestWith(f, stun.NewUsername("srv:peer"), stun.Fingerprint))) // no integrity
+	badFingerprint := frame(bindingRequest(f, "srv"))
+	badFingerprint[len(badFingerprint)-1] ^= 1
+	f.Add(badFingerprint)
+	f.Add(frame(bindingRequestWith(f, stun.Fingerprint)))                     // no USERNAME
+	f.Add(valid[:len(valid)/2])                                               // truncated
+	f.Add([]byte(httpRequestBytes))                                           // garbage
+	f.Add([]byte{0xff, 0xff, 0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42}) // oversize header
+	f.Add([]byte{0x08, 0x01})                                                 // just over the bound
+	f.Add([]byte{})
+	f.Add([]byte{0x00})
+
+	lookup := func(ufrag string) (string, bool) { return "pwd", ufrag != "stranger" }
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		ln := newPipeListener("127.0.0.1:443")
+		m := NewTCPMuxDefault(TCPMuxParams{
+			Listener:               ln,
+			Logger:                 quietLogger(),
+			PasswordLookup:         lookup,
+			MaxConnectionsPerUfrag: 1,
+			FirstStunBindTimeout:   2 * time.Second, // every stream ends with EOF well before
+		})
+		// An unclaimed PacketConn closes with its last connection (SPEC 3),
+		// and the stream ends with EOF, so an admitted ufrag is claimed
+		// first.
+		wantReason, ufrag, first, rest := admissionVerdict(stream, lookup)
+		var pc net.PacketConn
+		if wantReason == rejectNone {
+			var err error
+			pc, err = m.GetConnByUfrag(ufrag, false, net.IPv4(127, 0, 0, 1))
+			require.NoError(t, err)
+			defer pc.Close()
+		}
+		client := ln.dial(t, "127.0.0.1:443", "192.0.2.1:1000")
+		written := make(chan struct{})
+		go func() {
+			defer close(written)
+			if len(stream) > 0 {
+				_, _ = client.Write(stream) // fails once the mux closes its end
+			}
+			_ = client.Close()
+		}()
+		defer func() {
+			require.NoError(t, m.Close())
+			<-written
+		}()
+
+		require.Eventually(t, func() bool {
+			s := m.Stats()
+			return s.ConnsRejected > 0 || s.PacketsReceived > 0
+		}, 5*time.Second, 100*time.Microsecond, "no verdict")
+
+		s := m.Stats()
+		admitted := s.ConnsRejected == 0
+		require.Equal(t, wantReason == rejectNone, admitted, "want %v, stats %+v, stream %x", wantReason, s, stream)
+		if !admitted {
+			require.Equal(t, uint64(1), s.ConnsRejected)
+			require.Equal(t, uint64(1), rejectedCount(s.Rejected, wantReason), "want %v, got %+v", wantReason, s.Rejected)
+			require.Zero(t, s.PacketsReceived)
+			require.Zero(t, s.ConnsActive)
+			require.Zero(t, s.PacketConns, "no per-ufrag state for a rejected connection")
+			require.Zero(t, s.UnclaimedExpired)
+			return
+		}
+		_, reason := parseBindingRequest(first)
+		require.Equal(t, rejectNone, reason)
+		require.True(t, verifyIntegrity(first, "pwd"))
+		oracleUfrag, ok := oracleBindingRequest(first)
+		require.True(t, ok)
+		require.Equal(t, string(oracleUfrag), ufrag)
+		require.Equal(t, 1, m.Stats().PacketConns, "the connection joined the claimed PacketConn")
+		buf := make([]byte, MaxFramePayload)
+		want := 0
+		for i, p := range append([][]byte{first}, rest...) {
+			require.NoError(t, pc.SetReadDeadline(time.Now().Add(5*time.Second)))
+			n, from, err := pc.ReadFrom(buf)
+			require.NoError(t, err, "packet %d", i)
+			require.Equal(t, p, buf[:n], "packet %d", i)
+			require.Equal(t, "192.0.2.1:1000", from.String())
+			want += len(p)
+		}
+		<-written
+		eventually(t, func() bool { return m.Stats().ConnsActive == 0 }, "removed at EOF")
+		s = m.Stats()
+		require.Equal(t, uint64(1+len(rest)), s.PacketsReceived)
+		require.Equal(t, uint64(want), s.BytesReceived)
 	})
 }

@@ -3,11 +3,13 @@ package tcpmux
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -212,3 +214,84 @@ func (c *addrConn) LocalAddr() net.Addr  { return c.local }
 func (c *addrConn) RemoteAddr() net.Addr { return c.remote }
 
 func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// startEcho serves pc until the test ends: every packet that is not a
+// Binding request goes back to its sender.
+func startEcho(t testing.TB, pc net.PacketConn) {
+	t.Helper()
+	require.NoError(t, pc.SetReadDeadline(time.Time{}))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, MaxFramePayload)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if errors.Is(err, io.ErrShortBuffer) {
+				continue
+			}
+			if err != nil {
+				return
+			}
+			if _, reason := parseBindingRequest(buf[:n]); reason == rejectNone {
+				continue
+			}
+			_, _ = pc.WriteTo(buf[:n], addr) // the peer may have left
+		}
+	}()
+	t.Cleanup(func() {
+		_ = pc.Close()
+		<-done
+	})
+}
+
+// roundTrip sends payload as one frame on conn and expects it back.
+func roundTrip(conn net.Conn, payload []byte) error {
+	if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		return err
+	}
+	if _, err := conn.Write(frame(payload)); err != nil {
+		return err
+	}
+	var hdr [FrameHeaderSize]byte
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		return err
+	}
+	got := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+	if _, err := io.ReadFull(conn, got); err != nil {
+		return err
+	}
+	if string(got) != string(payload) {
+		return fmt.Errorf("echo %q, sent %q", got, payload)
+	}
+	return nil
+}
+
+// waitStalled waits until a writer's progress counter has stopped moving
+// for quiet: the writer is then blocked in a write.
+func waitStalled(t testing.TB, progress *atomic.Int64, quiet time.Duration) {
+	t.Helper()
+	last, since := int64(-1), time.Now()
+	require.Eventually(t, func() bool {
+		p := progress.Load()
+		if p != last {
+			last, since = p, time.Now()
+			return false
+		}
+		return p > 0 && time.Since(since) >= quiet
+	}, 20*time.Second, time.Millisecond, "writer never stalled")
+}
+
+// closeWithin closes m and fails the test if that takes over d.
+func closeWithin(t testing.TB, m *TCPMuxDefault, d time.Duration) {
+	t.Helper()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- m.Close() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+		t.Logf("Close took %v", time.Since(start).Round(time.Microsecond))
+	case <-time.After(d):
+		t.Fatalf("Close did not return within %v", d)
+	}
+}

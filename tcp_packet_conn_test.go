@@ -297,15 +297,30 @@ func pcCheckConcurrentWriteTo(t *testing.T, pc net.PacketConn, peer net.Conn, to
 // ---------------------------------------------------------------------------
 // The generic net.PacketConn contract, in the spirit of x/net/nettest.
 
+// pcContractEnv is what a case of the contract suite runs on: a handle on a
+// fresh PacketConn and the clients attached to it. mk's cleanups close
+// them all.
+type pcContractEnv struct {
+	pc net.PacketConn
+	// peers are client TCP connections attached to pc, each speaking RFC
+	// 4571 frames, their first frames already read by pc.
+	peers []net.Conn
+	// handle takes another handle on pc's PacketConn (GetConnByUfrag
+	// again), closed when the test ends.
+	handle func() net.PacketConn
+}
+
+// pair is the handle and its first peer, for the cases that need no more.
+func (e pcContractEnv) pair() (net.PacketConn, net.Conn) { return e.pc, e.peers[0] }
+
 // testPacketConnContract checks the net.PacketConn rules of SPEC 4 and 5
 // that do not depend on how the PacketConn was built: addresses, a round
 // trip, deadlines (read, write, both, blocked reads, clearing), concurrent
-// ReadFrom and WriteTo, and closing. mk returns a fresh PacketConn and a peer
-// (one client TCP connection attached to it, its first frame already read
-// by pc, speaking RFC 4571 frames); both are closed by mk's cleanups.
-func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketConn, peer net.Conn)) {
+// ReadFrom and WriteTo, every method at once on two handles (Chaos), and
+// closing. mk returns a fresh PacketConn and its peers.
+func testPacketConnContract(t *testing.T, mk func(t *testing.T) pcContractEnv) {
 	t.Run("Addresses", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		local, ok := pc.LocalAddr().(*net.TCPAddr)
 		require.True(t, ok, "LocalAddr is a *net.TCPAddr, got %T", pc.LocalAddr())
 		server := peer.RemoteAddr().(*net.TCPAddr)
@@ -325,7 +340,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("RoundTrip", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		for i := range 10 {
 			msg := []byte(fmt.Sprintf("ping %d", i))
 			_, err := peer.Write(frame(msg))
@@ -341,7 +356,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("ReadDeadlinePassed", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		require.NoError(t, pc.SetReadDeadline(time.Now().Add(-time.Second)))
 		n, _, err := pc.ReadFrom(make([]byte, 64))
 		pcRequireTimeout(t, err)
@@ -355,19 +370,29 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("ReadDeadlineWakesBlockedRead", func(t *testing.T) {
-		for _, d := range []time.Duration{-time.Second, 50 * time.Millisecond} {
-			pc, _ := mk(t)
+		for _, d := range []time.Duration{-time.Second, 0, 50 * time.Millisecond} {
+			pc, _ := mk(t).pair()
 			res := pcReadAsync(pc, make([]byte, 64))
 			start := time.Now()
-			require.NoError(t, pc.SetReadDeadline(time.Now().Add(d)))
+			require.NoError(t, pc.SetReadDeadline(start.Add(d)))
 			r := pcAwait(t, res, time.Second, "a blocked ReadFrom after SetReadDeadline")
 			pcRequireTimeout(t, r.err)
+			require.Zero(t, r.n)
 			require.Less(t, time.Since(start), time.Second)
+			if d > 0 {
+				require.GreaterOrEqual(t, time.Since(start), d, "ReadFrom returned before its deadline")
+			}
 		}
+		// A deadline moved earlier while ReadFrom waits.
+		pc, _ := mk(t).pair()
+		require.NoError(t, pc.SetReadDeadline(time.Now().Add(time.Hour)))
+		res := pcReadAsync(pc, make([]byte, 64))
+		require.NoError(t, pc.SetReadDeadline(time.Now().Add(50*time.Millisecond)))
+		pcRequireTimeout(t, pcAwait(t, res, time.Second, "a blocked ReadFrom").err)
 	})
 
 	t.Run("ReadDeadlineCleared", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		require.NoError(t, pc.SetReadDeadline(time.Now().Add(-time.Second)))
 		_, _, err := pc.ReadFrom(make([]byte, 64))
 		pcRequireTimeout(t, err)
@@ -388,7 +413,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("WriteDeadlinePassedWritesNothing", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		to := peer.LocalAddr()
 		require.NoError(t, pc.SetWriteDeadline(time.Now().Add(-time.Second)))
 		n, err := pc.WriteTo([]byte("must not be sent"), to)
@@ -401,7 +426,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("SetDeadlineSetsBoth", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		to := peer.LocalAddr()
 		require.NoError(t, pc.SetDeadline(time.Now().Add(-time.Second)))
 		_, _, err := pc.ReadFrom(make([]byte, 64))
@@ -419,7 +444,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("ConcurrentReadFrom", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		const packets, readers = 400, 4
 		var stream []byte
 		for seq := range packets {
@@ -463,12 +488,16 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("ConcurrentWriteTo", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		pcCheckConcurrentWriteTo(t, pc, peer, peer.LocalAddr(), 8, 100)
 	})
 
+	t.Run("Chaos", func(t *testing.T) {
+		testPacketConnChaos(t, mk)
+	})
+
 	t.Run("CloseUnblocksReadFrom", func(t *testing.T) {
-		pc, _ := mk(t)
+		pc, _ := mk(t).pair()
 		res := pcReadAsync(pc, make([]byte, 64))
 		require.NoError(t, pc.Close())
 		r := pcAwait(t, res, time.Second, "ReadFrom after Close")
@@ -476,7 +505,7 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 
 	t.Run("UseAfterClose", func(t *testing.T) {
-		pc, peer := mk(t)
+		pc, peer := mk(t).pair()
 		require.NoError(t, pc.Close())
 		_, _, err := pc.ReadFrom(make([]byte, 64))
 		pcRequireClosed(t, err, "ReadFrom")
@@ -491,40 +520,36 @@ func testPacketConnContract(t *testing.T, mk func(t *testing.T) (pc net.PacketCo
 	})
 }
 
+// TestPacketConnContract runs the suite over both address families, both
+// write modes, and one or two TCP connections per PacketConn: with two,
+// the first peer's packets share the PacketConn's queue with another
+// connection's, which a single connection may bypass (direct_read.go).
 func TestPacketConnContract(t *testing.T) {
 	for _, fam := range pcFamilies {
 		for _, mode := range pcWriteModes {
-			t.Run(fam.name+"/"+mode.name, func(t *testing.T) {
-				testPacketConnContract(t, func(t *testing.T) (net.PacketConn, net.Conn) {
-					_, pc, client, _ := pcPair(t, fam, TCPMuxParams{WriteBufferSize: mode.writeBufferSize})
-					return pc, client
+			for _, conns := range []int{1, 2} {
+				t.Run(fmt.Sprintf("%s/%s/%dconn", fam.name, mode.name, conns), func(t *testing.T) {
+					testPacketConnContract(t, func(t *testing.T) pcContractEnv {
+						m, pc, client, _ := pcPair(t, fam, TCPMuxParams{WriteBufferSize: mode.writeBufferSize})
+						env := pcContractEnv{
+							pc:     pc,
+							peers:  []net.Conn{client},
+							handle: func() net.PacketConn { return pcClaim(t, m, fam, "pair") },
+						}
+						for len(env.peers) < conns {
+							c, _ := pcConnect(t, m, pc, "pair")
+							env.peers = append(env.peers, c)
+						}
+						return env
+					})
 				})
-			})
+			}
 		}
 	}
 }
 
 // ---------------------------------------------------------------------------
 // SPEC 4: ReadFrom.
-
-func TestPacketConnReadFromReturnsTCPAddr(t *testing.T) {
-	for _, fam := range pcFamilies {
-		t.Run(fam.name, func(t *testing.T) {
-			_, pc, client, _ := pcPair(t, fam, TCPMuxParams{})
-			_, err := client.Write(frame([]byte("x")))
-			require.NoError(t, err)
-			require.NoError(t, pc.SetReadDeadline(time.Now().Add(5*time.Second)))
-			_, from, err := pc.ReadFrom(make([]byte, 16))
-			require.NoError(t, err)
-			tcpFrom, ok := from.(*net.TCPAddr)
-			require.True(t, ok, "ReadFrom returns a *net.TCPAddr, got %T", from)
-			want := client.LocalAddr().(*net.TCPAddr)
-			require.True(t, want.IP.Equal(tcpFrom.IP))
-			require.Equal(t, want.Port, tcpFrom.Port)
-			require.Equal(t, fam.ipv6, tcpFrom.IP.To4() == nil)
-		})
-	}
-}
 
 // The remote of a dual-stack listener's connection from an IPv4 peer is
 // IPv4-mapped: it routes to the IPv4 PacketConn and reads back unmapped.
@@ -972,54 +997,6 @@ func TestPacketConnAddrPortMethods(t *testing.T) {
 // ---------------------------------------------------------------------------
 // SPEC 4: deadlines belong to the handle.
 
-func TestPacketConnReadDeadlineWakesBlockedRead(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		d    time.Duration
-	}{{"past", -time.Second}, {"now", 0}, {"soon", 100 * time.Millisecond}} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, pc, _, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
-			res := pcReadAsync(pc, make([]byte, 64))
-			start := time.Now()
-			require.NoError(t, pc.SetReadDeadline(start.Add(tc.d)))
-			r := pcAwait(t, res, time.Second, "a blocked ReadFrom")
-			pcRequireTimeout(t, r.err)
-			require.Zero(t, r.n)
-			if tc.d > 0 {
-				require.GreaterOrEqual(t, time.Since(start), tc.d, "ReadFrom returned before its deadline")
-			}
-		})
-	}
-	t.Run("moved earlier", func(t *testing.T) {
-		_, pc, _, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
-		require.NoError(t, pc.SetReadDeadline(time.Now().Add(time.Hour)))
-		res := pcReadAsync(pc, make([]byte, 64))
-		require.NoError(t, pc.SetReadDeadline(time.Now().Add(50*time.Millisecond)))
-		pcRequireTimeout(t, pcAwait(t, res, time.Second, "a blocked ReadFrom").err)
-	})
-}
-
-func TestPacketConnReadDeadlineZeroClears(t *testing.T) {
-	_, pc, client, _ := pcPair(t, pcFamilies[0], TCPMuxParams{})
-	require.NoError(t, pc.SetReadDeadline(time.Now().Add(-time.Second)))
-	_, _, err := pc.ReadFrom(make([]byte, 64))
-	pcRequireTimeout(t, err)
-
-	require.NoError(t, pc.SetReadDeadline(time.Now().Add(30*time.Millisecond)))
-	require.NoError(t, pc.SetReadDeadline(time.Time{}))
-	res := pcReadAsync(pc, make([]byte, 64))
-	select {
-	case r := <-res:
-		t.Fatalf("ReadFrom returned (%d, %v) after its deadline was cleared", r.n, r.err)
-	case <-time.After(300 * time.Millisecond):
-	}
-	_, err = client.Write(frame([]byte("data")))
-	require.NoError(t, err)
-	r := pcAwait(t, res, 5*time.Second, "ReadFrom")
-	require.NoError(t, r.err)
-	require.Equal(t, 4, r.n)
-}
-
 func TestPacketConnDeadlinesPerHandle(t *testing.T) {
 	m, h1, client, addr := pcPair(t, pcFamilies[0], TCPMuxParams{})
 	h2, err := m.GetConnByUfrag("pair", false, net.IPv4(127, 0, 0, 1))
@@ -1295,18 +1272,6 @@ func TestPacketConnBufferedDropsWholeFrame(t *testing.T) {
 // SPEC 5: closing.
 
 func TestClosedErrorsMatchNetErrClosedAndErrClosedPipe(t *testing.T) {
-	t.Run("handle", func(t *testing.T) {
-		_, pc, _, addr := pcPair(t, pcFamilies[0], TCPMuxParams{})
-		require.NoError(t, pc.Close())
-		_, _, err := pc.ReadFrom(make([]byte, 64))
-		pcRequireClosed(t, err, "ReadFrom")
-		_, err = pc.WriteTo([]byte("x"), addr)
-		pcRequireClosed(t, err, "WriteTo")
-		_, _, err = pc.(pcAddrPortConn).ReadFromAddrPort(make([]byte, 64))
-		pcRequireClosed(t, err, "ReadFromAddrPort")
-		_, err = pc.(pcAddrPortConn).WriteToAddrPort([]byte("x"), addrPortOf(addr))
-		pcRequireClosed(t, err, "WriteToAddrPort")
-	})
 	t.Run("RemoveConnByUfrag", func(t *testing.T) {
 		m, pc, _, addr := pcPair(t, pcFamilies[0], TCPMuxParams{})
 		m.RemoveConnByUfrag("pair")
@@ -1445,7 +1410,7 @@ func pcLibraryGoroutines() []string {
 	var found []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		if strings.Contains(g, "created by github.com/icetcp/tcpmux.(*") ||
-			strings.Contains(g, "tcpmux.(*packetConn).expireUnclaimed") {
+			strings.Contains(g, "tcpmux.(*tcpPacketConn).expireUnclaimed") {
 			found = append(found, g)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -17,31 +18,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
-
-func TestSmokeRoundTrip(t *testing.T) {
-	m := newTestMux(t, TCPMuxParams{})
-	pc := getConn(t, m, "srv")
-	req := bindingRequest(t, "srv")
-	client := dial(t, m, req)
-
-	got, from := readPacket(t, pc)
-	require.Equal(t, req, got, "the first frame is delivered")
-	require.Equal(t, client.LocalAddr().String(), from.String())
-
-	_, err := client.Write(frame([]byte("hello")))
-	require.NoError(t, err)
-	got, _ = readPacket(t, pc)
-	require.Equal(t, "hello", string(got))
-
-	n, err := pc.WriteTo([]byte("world"), from)
-	require.NoError(t, err)
-	require.Equal(t, 5, n)
-	require.Equal(t, "world", string(readFrame(t, client)))
-
-	local := pc.LocalAddr().(*net.TCPAddr)
-	require.True(t, local.IP.Equal(net.IPv4(127, 0, 0, 1)))
-	require.Equal(t, m.LocalAddr().(*net.TCPAddr).Port, local.Port)
-}
 
 // SPEC 1: every rule of the first frame, each with its counter, and no
 // per-ufrag state for a rejected connection.
@@ -642,6 +618,53 @@ func (l *failingListener) gaps() []time.Duration {
 		gaps = append(gaps, l.times[i].Sub(l.times[i-1]))
 	}
 	return gaps
+}
+
+// emfileListener fails its first Accepts the way a process out of file
+// descriptors does, then accepts for real.
+type emfileListener struct {
+	net.Listener
+	failures atomic.Int32
+	calls    atomic.Int32
+}
+
+func (l *emfileListener) Accept() (net.Conn, error) {
+	l.calls.Add(1)
+	if l.failures.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// SPEC 5: Accept failing with EMFILE does not end the accept loop; a client
+// waiting in the backlog is served once Accept recovers.
+func TestAcceptEMFILERecovers(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ln := &emfileListener{Listener: inner}
+	ln.failures.Store(5)
+	client, err := net.Dial("tcp", inner.Addr().String()) // waits in the backlog
+	require.NoError(t, err)
+	defer client.Close()
+
+	m := newTestMux(t, TCPMuxParams{Listener: ln})
+	pc := getConn(t, m, "srv")
+	req := bindingRequest(t, "srv")
+	_, err = client.Write(frame(req))
+	require.NoError(t, err)
+	got, from := readPacket(t, pc)
+	require.Equal(t, req, got)
+	_, err = pc.WriteTo([]byte("served"), from)
+	require.NoError(t, err)
+	require.Equal(t, "served", string(readFrame(t, client)))
+	require.GreaterOrEqual(t, ln.calls.Load(), int32(6))
+	s := m.Stats()
+	require.Equal(t, uint64(1), s.ConnsAccepted)
+	require.Zero(t, s.ConnsRejected)
+
+	later := dialUfrag(t, m, "srv")
+	_, from = readPacket(t, pc)
+	require.Equal(t, later.LocalAddr().String(), from.String(), "and goes on serving")
 }
 
 // SPEC 2: invalid params give a closed mux whose getter explains why.

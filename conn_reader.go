@@ -115,7 +115,7 @@ func (c *streamConn) readNothingSinceCheck() bool {
 func (c *streamConn) pastIdleCheck() bool {
 	now := time.Now()
 	switch {
-	case now.Before(c.idleAt): // a deadline left by a reader's interruption
+	case now.Before(c.idleAt): // a wrapper's own timeout: not an idle check
 		c.setReadDeadline(c.idleAt)
 		return true
 	case c.readNothingSinceCheck():

@@ -72,7 +72,11 @@ func (h *packetConnHandle) readOrWait(b []byte) (n int, from *net.TCPAddr, sende
 		if n, from, ok, err := pc.queue.pop(b); ok {
 			return n, from, nil, err, waited
 		}
-		if c := pc.loan.takeOrWait(h); c != nil {
+		c, retry := pc.loan.takeOrWait(h)
+		if retry {
+			continue
+		}
+		if c != nil {
 			n, err := c.readDirect(h, b)
 			pc.loan.giveBack(c, err == errLoanIdle || err == errLoanEnded)
 			switch err {

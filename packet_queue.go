@@ -76,15 +76,6 @@ func (q *packetQueue) setMaxBytes(n int) {
 	}
 }
 
-// signal leaves a wake-up token in ch, a channel of capacity 1, unless one
-// is already there.
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
 // push queues a copy of p from the peer at from, counting it as received
 // before any reader can see it, and reports whether the queue was empty.
 // It returns ok false if the queue is full: the caller then waits on

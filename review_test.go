@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Review of the socket loan (d5c4f22). Each test drives one interleaving
+// Found in review of the socket loan (d5c4f22). Each test drives one interleaving
 // of the real functions that ReadFrom (readOrWait) and a connection's
 // goroutine (readLoop) call, in an order the scheduler may produce, and
 // checks a promise that the interleaving breaks.
@@ -25,7 +25,7 @@ func loanConn(t *testing.T) *streamConn {
 // The usual reconnect: a peer opens a new TCP connection (joined) to a
 // PacketConn whose only connection (old) a reader A is reading on loan,
 // then closes the old one. A's Read sees EOF, old.fail removes old, and
-// joined becomes the only connection (setAllowed(joined)) while A is still
+// joined becomes the only connection (setMayLend(joined)) while A is still
 // in readDirect. joined's goroutine, with a reader B waiting, offers its
 // socket: offer does not look at the loan's state, so it replaces A's loan
 // (state offered, lent joined) and B takes joined's socket. Then A gives
@@ -34,50 +34,54 @@ func loanConn(t *testing.T) *streamConn {
 // its resume token. Now joined's goroutine and B both read joined's socket
 // and its FrameReader (a data race: corrupted or lost frames), and the
 // loan says lenderReads with no holder, so B's own giveBack then puts the
-// loan in state offered with lent == nil.
+// loan in state offered with lent == nil. Now offer waits until no socket
+// is on loan.
 func TestReviewStaleGiveBackResumesLenderUnderHolder(t *testing.T) {
 	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16, &counters{}), readable: make(chan struct{}, 1)}
-	pc.loan.readable = pc.readable
+	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
 	l := &pc.loan
 	old, joined := loanConn(t), loanConn(t)
 	hA, hB := &packetConnHandle{}, &packetConnHandle{}
 
-	l.setAllowed(old) // old is the PacketConn's only connection
-	require.Nil(t, l.takeOrWait(hA))
-	require.Nil(t, l.takeOrWait(hB)) // A and B wait
+	l.setMayLend(old) // old is the PacketConn's only connection
+	require.Nil(t, takeNoRetry(t, l, hA))
+	require.Nil(t, takeNoRetry(t, l, hB)) // A and B wait
 	require.True(t, l.offer(old))
 	<-pc.readable
 	l.stopWaiting()
-	require.Same(t, old, l.takeOrWait(hA), "A reads old's socket")
+	require.Same(t, old, takeNoRetry(t, l, hA), "A reads old's socket")
 
-	l.setAllowed(nil)    // joined attaches: A's Read is interrupted...
-	l.setAllowed(joined) // ...and sees EOF: old.fail -> removeConn, joined is alone
+	l.setMayLend(nil)    // joined attaches: A's Read is interrupted...
+	l.setMayLend(joined) // ...and sees EOF: old.fail -> removeConn, joined is alone
 
 	// Before A is back from readDirect, joined's goroutine has data but no
-	// whole frame, and B waits: it offers its socket, and B takes it.
-	bHolds := false
-	if l.offer(joined) {
-		<-pc.readable
-		l.stopWaiting()
-		require.Same(t, joined, l.takeOrWait(hB))
-		bHolds = true
-	}
+	// whole frame, and B waits: it must not offer its socket while A still
+	// holds old's.
+	require.False(t, l.offer(joined), "a second socket lent while the first is held")
 
 	l.giveBack(old, true) // A: readDirect returned errLoanEnded for old
-
-	if bHolds {
-		select {
-		case <-joined.resume:
-			t.Fatal("joined's goroutine was told to read its socket while B reads it on loan")
-		default:
-		}
-		l.mu.Lock()
-		state, holder, lent := l.state, l.holder, l.lent
-		l.mu.Unlock()
-		require.Equal(t, held, state, "B still holds joined's socket")
-		require.Same(t, hB, holder)
-		require.Same(t, joined, lent)
+	select {
+	case <-old.resume: // old's goroutine reads on (and sees its end)
+	default:
+		t.Fatal("old's goroutine was not given its socket back")
 	}
+	select {
+	case <-joined.resume:
+		t.Fatal("joined's goroutine was told to resume a loan it never made")
+	default:
+	}
+
+	// joined's goroutine tries again: now B gets its socket, and nobody else.
+	require.True(t, l.offer(joined))
+	<-pc.readable
+	l.stopWaiting()
+	require.Same(t, joined, takeNoRetry(t, l, hB))
+	l.mu.Lock()
+	state, holder, lent := l.state, l.holder, l.lent
+	l.mu.Unlock()
+	require.Equal(t, held, state)
+	require.Same(t, hB, holder)
+	require.Same(t, joined, lent)
 }
 
 // SPEC 4: packets of one connection arrive in order. readOrWait pops the
@@ -95,7 +99,8 @@ func TestReviewStaleGiveBackResumesLenderUnderHolder(t *testing.T) {
 //	B: leaves (deadline, Close) without popping
 //	A: next ReadFrom pops "one"
 //
-// The old design popped and took the lease under one lock (the queue's).
+// The old design popped and took the lease under one lock (the queue's);
+// now takeOrWait declines while packets are queued.
 func TestReviewDirectReadOvertakesQueuedPacket(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pcA, client, _ := pipePair(t)
@@ -109,7 +114,7 @@ func TestReviewDirectReadOvertakesQueuedPacket(t *testing.T) {
 		require.NoError(t, err)
 		require.False(t, ok)
 		// Meanwhile B, a reader of another handle, starts to wait.
-		require.Nil(t, p.loan.takeOrWait(hB))
+		require.Nil(t, takeNoRetry(t, &p.loan, hB))
 
 		writeFrames(t, client, "one")
 		synctest.Wait() // c queued "one", and offered its socket if it would
@@ -122,12 +127,12 @@ func TestReviewDirectReadOvertakesQueuedPacket(t *testing.T) {
 		}()
 
 		// A goes on, as readOrWait does.
-		if lent := p.loan.takeOrWait(hA); lent != nil {
+		if lent, retry := p.loan.takeOrWait(hA); lent != nil {
 			n, err := lent.readDirect(hA, buf)
 			p.loan.giveBack(lent, err == errLoanIdle || err == errLoanEnded)
 			require.NoError(t, err)
 			got = append(got, string(buf[:n]))
-		} else {
+		} else if !retry {
 			p.loan.stopWaiting() // A waits, and is woken by "one"'s token
 		}
 

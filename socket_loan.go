@@ -40,20 +40,23 @@ const (
 //
 //	lenderReads -> offered      offer: the lender may lend and a reader waits
 //	offered     -> held         take: a reader found the queue empty
-//	held        -> offered      giveBack: the reader has its frame
+//	held        -> offered      giveBack: the reader is done (a frame, a
+//	                            short buffer, its deadline or Close)
 //	held        -> lenderReads  giveBack: the socket broke or went idle, or
 //	                            the connection may no longer lend
 //	offered     -> lenderReads  revoke: untouched for a sweep period, or the
 //	                            connection may no longer lend
 //
 // Every move to lenderReads sends the lender one token on its resume
-// channel; every move to offered wakes a waiting reader.
+// channel (one per loan: nothing passes it on); every move to offered
+// wakes a waiting reader.
 type socketLoan struct {
 	readable chan struct{} // the PacketConn's readers' wake-up (tcpPacketConn.readable)
+	queue    *packetQueue  // the PacketConn's: a reader takes the socket only when it is empty
 
 	// mu guards the fields below (lock order: see Locks in tcpmux.go).
 	mu      sync.Mutex
-	allowed *streamConn // may lend: the PacketConn's only connection, once claimed
+	mayLend *streamConn // may lend: the PacketConn's only connection, once claimed
 	state   loanState
 	lent    *streamConn       // whose socket is offered or held; nil when lenderReads
 	holder  *packetConnHandle // the reader in the socket when held
@@ -65,11 +68,12 @@ type socketLoan struct {
 	sweptUses uint64
 }
 
-// offer lends c's socket if c may lend and a reader waits. The caller then
-// parks until its resume token (or its end).
+// offer lends c's socket if c may lend, no socket is on loan (a reader may
+// still hold the socket of the connection that lent before c), and a
+// reader waits. The caller then parks until its resume token (or its end).
 func (l *socketLoan) offer(c *streamConn) bool {
 	l.mu.Lock()
-	if l.allowed != c || l.waiting == 0 {
+	if l.mayLend != c || l.state != lenderReads || l.waiting == 0 {
 		l.mu.Unlock()
 		return false
 	}
@@ -82,17 +86,23 @@ func (l *socketLoan) offer(c *streamConn) bool {
 
 // takeOrWait gives h the socket on offer, if any. Otherwise it counts h as
 // waiting, so that the lender offers the socket when it next could, and
-// returns nil: h then waits on readable and calls stopWaiting.
-func (l *socketLoan) takeOrWait(h *packetConnHandle) *streamConn {
+// returns nil: h then waits on readable and calls stopWaiting. It reports
+// retry, doing neither, if packets are queued: the lender may have queued
+// them before it offered, and they come first (SPEC 4: in order per
+// connection). The caller pops them.
+func (l *socketLoan) takeOrWait(h *packetConnHandle) (c *streamConn, retry bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.queue.len() > 0 {
+		return nil, true
+	}
 	if l.state != offered {
 		l.waiting++
-		return nil
+		return nil, false
 	}
 	l.state, l.holder = held, h
 	l.uses++
-	return l.lent
+	return l.lent, false
 }
 
 func (l *socketLoan) stopWaiting() {
@@ -103,11 +113,16 @@ func (l *socketLoan) stopWaiting() {
 
 // giveBack ends h's turn in c's socket. The socket stays on offer for the
 // next reader unless resume is set (it broke or went idle) or c may no
-// longer lend: then c's goroutine reads it again.
+// longer lend: then c's goroutine reads it again. Only the holder gives
+// back, and while it holds the socket no other can be lent (offer).
 func (l *socketLoan) giveBack(c *streamConn, resume bool) {
 	l.mu.Lock()
+	if l.state != held || l.lent != c { // cannot happen: offer waits for the holder
+		l.mu.Unlock()
+		return
+	}
 	l.holder = nil
-	if resume || l.allowed != c {
+	if resume || l.mayLend != c {
 		l.endLocked()
 		l.mu.Unlock()
 		return
@@ -136,13 +151,13 @@ func (l *socketLoan) endLocked() {
 	l.state, l.lent, l.holder = lenderReads, nil, nil
 }
 
-// setAllowed names the connection that may lend (nil: none) and takes the
+// setMayLend names the connection that may lend (nil: none) and takes the
 // socket back from one that lost the right: at once if it is on offer, or
 // by interrupting the holder's read, after which the holder gives it back.
-func (l *socketLoan) setAllowed(c *streamConn) {
+func (l *socketLoan) setMayLend(c *streamConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.allowed = c
+	l.mayLend = c
 	if l.lent == nil || l.lent == c {
 		return
 	}
@@ -174,7 +189,7 @@ func (l *socketLoan) armRead(c *streamConn, h *packetConnHandle) error {
 	if err := h.readErr(); err != nil {
 		return err
 	}
-	if l.allowed != c {
+	if l.mayLend != c {
 		return errLoanEnded
 	}
 	at := c.idleAt

@@ -27,6 +27,14 @@ import (
 
 func loanOf(pc net.PacketConn) *socketLoan { return &pc.(*packetConnHandle).pc.loan }
 
+// takeNoRetry is takeOrWait for a test whose queue is empty.
+func takeNoRetry(t *testing.T, l *socketLoan, h *packetConnHandle) *streamConn {
+	t.Helper()
+	c, retry := l.takeOrWait(h)
+	require.False(t, retry, "packets queued")
+	return c
+}
+
 // inspect reads the loan's state under its lock.
 func (l *socketLoan) inspect() (state loanState, uses uint64, waiting int) {
 	l.mu.Lock()
@@ -322,11 +330,11 @@ func TestDirectReadIdleConnectionGivesSocketBack(t *testing.T) {
 func loanUnderTest(t *testing.T) (*tcpPacketConn, *streamConn) {
 	t.Helper()
 	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16, &counters{}), readable: make(chan struct{}, 1)}
-	pc.loan.readable = pc.readable
+	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
 	c := &streamConn{resume: make(chan struct{}, 1)}
-	pc.loan.setAllowed(c)
+	pc.loan.setMayLend(c)
 	for _, h := range []*packetConnHandle{{}, {}} {
-		require.Nil(t, pc.loan.takeOrWait(h), "nothing on offer yet")
+		require.Nil(t, takeNoRetry(t, &pc.loan, h), "nothing on offer yet")
 	}
 	return pc, c
 }
@@ -351,7 +359,7 @@ func TestLoanReaderGivingUpPassesToken(t *testing.T) {
 	pc.passReadable() // ...and leaves on its deadline
 	requireReaderWoken(t, pc, "reader B stays asleep while the socket is on offer")
 	pc.loan.stopWaiting()
-	require.Same(t, c, pc.loan.takeOrWait(&packetConnHandle{}))
+	require.Same(t, c, takeNoRetry(t, &pc.loan, &packetConnHandle{}))
 }
 
 // A reader that pops the last queued packet passes the wake-up token on

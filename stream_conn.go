@@ -25,13 +25,13 @@ type streamConn struct {
 	// so Close accounts for the connection itself. Guarded by mux.mu.
 	inLookup bool
 
-	// Reading (conn_reader.go). fr and the fields after it belong to
+	// Reading (conn_reader.go). fr, idleAt, lastReads and rdl belong to
 	// whoever reads the socket: the connection's goroutine, or the reader
-	// holding the socket on loan (socket_loan.go), whose read deadline is
-	// moved under the loan's mu. idleAt and lastReads drive the idle
+	// holding it on loan (socket_loan.go); the loan also moves rdl, under
+	// its mu, to interrupt that reader. idleAt and lastReads drive the idle
 	// check; rdl is the read deadline last set on conn.
 	fr        *FrameReader
-	resume    chan struct{} // one token: the loan ended, read again
+	resume    chan struct{} // one token per loan, sent under the loan's mu: read again
 	idleAt    time.Time
 	lastReads uint64
 	rdl       time.Time

@@ -12,7 +12,8 @@ import (
 // presents them as one packet-oriented connection. Applications hold it
 // through reference-counted handles (packetConnHandle); it closes with its
 // last handle, on RemoveConnByUfrag, on mux Close, or, if nobody ever
-// claimed it, when AliveDurationForConnFromStun runs out.
+// claimed it, when AliveDurationForConnFromStun runs out or its last
+// connection goes.
 //
 // Packets reach readers two ways: through queue, which the connections'
 // goroutines fill, or, while loan lets them, straight from the socket of
@@ -58,7 +59,7 @@ func newTCPPacketConn(m *TCPMuxDefault, ufrag string, key pcKey) *tcpPacketConn 
 		readable:  make(chan struct{}, 1),
 		conns:     make(map[netip.AddrPort]*streamConn),
 	}
-	pc.loan.readable = pc.readable
+	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
 	return pc
 }
 
@@ -84,21 +85,21 @@ func (pc *tcpPacketConn) acquire(table *admissionTable) bool {
 		pc.expiry.Stop()
 		pc.expiry = nil
 	}
-	pc.updateLenderLocked()
+	pc.updateMayLendLocked()
 	return true
 }
 
-// updateLenderLocked lets the PacketConn's connection lend its socket to
+// updateMayLendLocked lets the PacketConn's connection lend its socket to
 // readers while it is the only one and the PacketConn is claimed (an
 // unclaimed one must queue what arrives). Called with pc.mu held.
-func (pc *tcpPacketConn) updateLenderLocked() {
+func (pc *tcpPacketConn) updateMayLendLocked() {
 	var sole *streamConn
 	if pc.refs > 0 && len(pc.conns) == 1 {
 		for _, c := range pc.conns {
 			sole = c
 		}
 	}
-	pc.loan.setAllowed(sole)
+	pc.loan.setMayLend(sole)
 }
 
 // release drops a handle and closes the PacketConn with its last one.
@@ -162,7 +163,7 @@ func (pc *tcpPacketConn) dieLocked() map[netip.AddrPort]*streamConn {
 	}
 	conns := pc.conns
 	pc.conns = nil
-	pc.loan.setAllowed(nil)
+	pc.loan.setMayLend(nil)
 	return conns
 }
 
@@ -189,7 +190,7 @@ func (pc *tcpPacketConn) addConn(c *streamConn) (dead, duplicate, claimed bool) 
 	}
 	pc.conns[c.remoteAP] = c
 	c.pc = pc
-	pc.updateLenderLocked()
+	pc.updateMayLendLocked()
 	return false, false, pc.claimed
 }
 
@@ -204,7 +205,7 @@ func (pc *tcpPacketConn) removeConn(c *streamConn) {
 	}
 	delete(pc.conns, c.remoteAP)
 	if len(pc.conns) > 0 || pc.claimed || pc.dead {
-		pc.updateLenderLocked()
+		pc.updateMayLendLocked()
 		pc.mu.Unlock()
 		pc.mux.forgetConn(c)
 		return

@@ -1600,7 +1600,7 @@ func testRoundTripAllocs(t *testing.T, size, writeBufferSize int, api string) {
 // Close) passes it on: another waiting reader must still get the packet.
 func TestQueueReaderGivingUpPassesWakeUp(t *testing.T) {
 	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16, &counters{}), readable: make(chan struct{}, 1)}
-	pc.loan.readable = pc.readable
+	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
 	ok, wasEmpty, err := pc.queue.push(nil, []byte("x"), false)
 	require.NoError(t, err)
 	require.True(t, ok)

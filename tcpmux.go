@@ -47,13 +47,25 @@ import (
 //	streamConn.dlmu     which handle's write deadline a socket carries
 //	deadline.mu         one handle's read or write deadline
 //
-// Leaves, taken with nothing else: streamConn.bmu (buffered frames),
-// fallbackListener.mu (connections handed over). streamConn.wsem may be
-// held while taking tcpPacketConn.mu and below (a failed write removes its
-// connection). Channels carry the wake-ups: tcpPacketConn.readable for
-// readers, packetQueue.writable for blocked pushers, streamConn.resume for
-// a lender whose loan ended; each holds one token, and a woken waiter that
-// leaves work behind passes it on.
+// Leaves, taken with no other lock held: streamConn.bmu (buffered
+// frames), fallbackListener.mu (connections handed over). streamConn.wsem,
+// a semaphore, is held across a frame's Write and while a failed write
+// removes its connection, which takes every lock above but the sweeper's,
+// and bmu; nothing waits for wsem while holding a lock.
+//
+// Channels of capacity 1 carry the wake-ups (signal): tcpPacketConn.readable
+// for readers and packetQueue.writable for blocked pushers, where a woken
+// waiter that leaves work behind passes the token on; streamConn.resume,
+// one token per loan, for a lender whose loan ended.
+
+// signal leaves a wake-up token in ch, a channel of capacity 1, unless one
+// is already there.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
 
 // TCPMux is pion/ice v4's ice.TCPMux: what an ICE agent needs from a mux.
 type TCPMux interface {

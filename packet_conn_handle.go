@@ -87,10 +87,9 @@ func (h *packetConnHandle) readOrWait(b []byte) (n int, from *net.TCPAddr, sende
 			}
 			return 0, nil, nil, err, waited
 		}
-		select {
-		case <-pc.readable:
+		select { // each case holds a sudog while parked: three, not four
+		case <-pc.readable: // also signalled when the PacketConn closes
 		case <-h.done:
-		case <-pc.done:
 		case <-h.readDeadline.wait():
 		}
 		pc.loan.stopWaiting()
@@ -106,12 +105,10 @@ func (h *packetConnHandle) readErr() error {
 	case h.readDeadline.exceeded():
 		return os.ErrDeadlineExceeded
 	}
-	select {
-	case <-h.pc.done:
+	if h.pc.isClosing() {
 		return ErrConnClosed
-	default:
-		return nil
 	}
+	return nil
 }
 
 // WriteTo sends b as one frame on the connection whose remote address is

@@ -32,6 +32,9 @@ type packetQueue struct {
 	maxCount int
 	blocked  int // pushers waiting on writable
 	closed   bool
+	// idle: the connections went quiet (releaseIfEmpty) while packets
+	// were queued; the pop that empties the queue drops its tables.
+	idle     bool
 	received *counters // a packet counts as received once queued
 
 	// writable carries one wake-up token for blocked pushers; one that
@@ -104,6 +107,7 @@ func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok, wasEmpt
 	n := int(q.count.Add(1))
 	q.entries[(q.first+n-1)%len(q.entries)] = queuedPacket{size: len(p), from: from}
 	q.used += len(p)
+	q.idle = false // traffic again
 	q.received.packetsReceived.Add(1)
 	q.received.bytesReceived.Add(uint64(len(p)))
 	wasEmpty = n == 1
@@ -196,6 +200,9 @@ func (q *packetQueue) pop(b []byte) (n int, from *net.TCPAddr, ok bool, err erro
 	q.head = (q.head + pkt.size) % max(len(q.data), 1)
 	if left == 0 {
 		q.head = 0 // keeps the next payloads contiguous
+		if q.idle {
+			q.releaseLocked()
+		}
 	}
 	pushers := q.blocked > 0
 	q.mu.Unlock()
@@ -210,14 +217,23 @@ func (q *packetQueue) len() int {
 	return int(q.count.Load())
 }
 
-// releaseIfEmpty drops the byte buffer of an empty queue: its session went
-// idle.
+// releaseIfEmpty drops the tables of an empty queue, or of this one once it
+// empties: its connection went quiet. A session whose peer sent only its
+// first request holds no queue.
 func (q *packetQueue) releaseIfEmpty() {
 	q.mu.Lock()
 	if q.count.Load() == 0 {
-		q.data, q.head = nil, 0
+		q.releaseLocked()
+	} else {
+		q.idle = true
 	}
 	q.mu.Unlock()
+}
+
+func (q *packetQueue) releaseLocked() {
+	q.data, q.head = nil, 0
+	q.entries, q.first = nil, 0
+	q.idle = false
 }
 
 // close drops every queued packet and refuses further pushes and pops.

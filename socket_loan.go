@@ -77,6 +77,9 @@ func (l *socketLoan) offer(c *streamConn) bool {
 		l.mu.Unlock()
 		return false
 	}
+	if c.resume == nil { // made at the first loan: a quiet connection never lends
+		c.resume = make(chan struct{}, 1)
+	}
 	l.state, l.lent = offered, c
 	l.uses++
 	l.mu.Unlock()

@@ -31,7 +31,7 @@ type streamConn struct {
 	// its mu, to interrupt that reader. idleAt and lastReads drive the idle
 	// check; rdl is the read deadline last set on conn.
 	fr        *FrameReader
-	resume    chan struct{} // one token per loan, sent under the loan's mu: read again
+	resume    chan struct{} // one token per loan, sent under the loan's mu: read again; made by the first offer
 	idleAt    time.Time
 	lastReads uint64
 	rdl       time.Time
@@ -73,11 +73,10 @@ type streamConn struct {
 // connection its addresses, which may wait on the peer: see learnAddrs.
 func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
 	c := &streamConn{
-		mux:    m,
-		conn:   conn,
-		done:   make(chan struct{}),
-		wsem:   make(chan struct{}, 1),
-		resume: make(chan struct{}, 1),
+		mux:  m,
+		conn: conn,
+		done: make(chan struct{}),
+		wsem: make(chan struct{}, 1),
 	}
 	if m.params.WriteBufferSize > 0 {
 		c.queuedWake = make(chan struct{}, 1)

@@ -3,6 +3,7 @@ package tcpmux
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -35,8 +36,8 @@ type tcpPacketConn struct {
 
 	// mu guards what follows (lock order: see Locks in tcpmux.go).
 	mu      sync.Mutex
-	dead    bool // closing has begun; no handle or connection may join
-	conns   map[netip.AddrPort]*streamConn
+	dead    bool          // closing has begun; no handle or connection may join
+	conns   []*streamConn // one per remote address
 	refs    int
 	claimed bool
 	expiry  *time.Timer // unclaimed PacketConns only
@@ -57,7 +58,6 @@ func newTCPPacketConn(m *TCPMuxDefault, ufrag string, key pcKey) *tcpPacketConn 
 		queue:     newPacketQueue(m.params.ReadBufferSize, UnclaimedQueueBytes, &m.stats), // until claimed (acquire)
 		done:      make(chan struct{}),
 		readable:  make(chan struct{}, 1),
-		conns:     make(map[netip.AddrPort]*streamConn),
 	}
 	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
 	return pc
@@ -95,9 +95,7 @@ func (pc *tcpPacketConn) acquire(table *admissionTable) bool {
 func (pc *tcpPacketConn) updateMayLendLocked() {
 	var sole *streamConn
 	if pc.refs > 0 && len(pc.conns) == 1 {
-		for _, c := range pc.conns {
-			sole = c
-		}
+		sole = pc.conns[0]
 	}
 	pc.loan.setMayLend(sole)
 }
@@ -155,7 +153,7 @@ func (pc *tcpPacketConn) close() {
 
 // dieLocked marks the PacketConn dead and takes its connections, so that
 // exactly one caller tears it down.
-func (pc *tcpPacketConn) dieLocked() map[netip.AddrPort]*streamConn {
+func (pc *tcpPacketConn) dieLocked() []*streamConn {
 	pc.dead = true
 	if pc.expiry != nil {
 		pc.expiry.Stop()
@@ -167,10 +165,11 @@ func (pc *tcpPacketConn) dieLocked() map[netip.AddrPort]*streamConn {
 	return conns
 }
 
-func (pc *tcpPacketConn) teardown(conns map[netip.AddrPort]*streamConn) {
+func (pc *tcpPacketConn) teardown(conns []*streamConn) {
 	pc.mux.forget(pc, conns)
 	pc.queue.close() // before done: a reader woken by done finds it closed
 	close(pc.done)
+	signal(pc.readable) // each reader woken passes it on (passReadable)
 	for _, c := range conns {
 		c.close()
 	}
@@ -185,10 +184,10 @@ func (pc *tcpPacketConn) addConn(c *streamConn) (dead, duplicate, claimed bool) 
 	if pc.dead {
 		return true, false, false
 	}
-	if _, ok := pc.conns[c.remoteAP]; ok {
+	if pc.indexLocked(c.remoteAP) >= 0 {
 		return false, true, false
 	}
-	pc.conns[c.remoteAP] = c
+	pc.conns = append(pc.conns, c)
 	c.pc = pc
 	pc.updateMayLendLocked()
 	return false, false, pc.claimed
@@ -199,11 +198,12 @@ func (pc *tcpPacketConn) addConn(c *streamConn) (dead, duplicate, claimed bool) 
 // could answer its packets.
 func (pc *tcpPacketConn) removeConn(c *streamConn) {
 	pc.mu.Lock()
-	if pc.conns[c.remoteAP] != c {
+	i := pc.indexLocked(c.remoteAP)
+	if i < 0 || pc.conns[i] != c {
 		pc.mu.Unlock()
 		return
 	}
-	delete(pc.conns, c.remoteAP)
+	pc.conns = slices.Delete(pc.conns, i, i+1)
 	if len(pc.conns) > 0 || pc.claimed || pc.dead {
 		pc.updateMayLendLocked()
 		pc.mu.Unlock()
@@ -225,9 +225,23 @@ func (pc *tcpPacketConn) connCount() int {
 
 func (pc *tcpPacketConn) lookup(addr netip.AddrPort) *streamConn {
 	pc.mu.Lock()
-	c := pc.conns[addr]
-	pc.mu.Unlock()
-	return c
+	defer pc.mu.Unlock()
+	if i := pc.indexLocked(addr); i >= 0 {
+		return pc.conns[i]
+	}
+	return nil
+}
+
+// indexLocked is the position of the connection from addr in conns, or -1.
+// A scan: a PacketConn has one connection or a few (one per candidate pair
+// of its agent), and a slice costs a session less than a map.
+func (pc *tcpPacketConn) indexLocked(addr netip.AddrPort) int {
+	for i, c := range pc.conns {
+		if c.remoteAP == addr {
+			return i
+		}
+	}
+	return -1
 }
 
 // deliver queues a packet from c, waiting while the queue is full. It
@@ -259,10 +273,22 @@ func (pc *tcpPacketConn) deliver(c *streamConn, p []byte) bool {
 }
 
 // passReadable passes the readers' wake-up token on if something is left
-// for them: a reader that waited may have taken it.
+// for them (packets, the socket on offer, or the PacketConn's end): a
+// reader that waited may have taken it.
 func (pc *tcpPacketConn) passReadable() {
-	if pc.queue.len() > 0 || pc.loan.onOffer() {
+	if pc.queue.len() > 0 || pc.isClosing() || pc.loan.onOffer() {
 		signal(pc.readable)
+	}
+}
+
+// isClosing reports whether the PacketConn has begun closing, without its
+// lock.
+func (pc *tcpPacketConn) isClosing() bool {
+	select {
+	case <-pc.done:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,7 +135,7 @@ type TCPMuxDefault struct {
 	closed atomic.Bool // written under mu
 	done   chan struct{}
 	table  admissionTable
-	conns  map[string]map[pcKey]*tcpPacketConn
+	conns  map[string]ufragConns
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -157,7 +158,7 @@ func NewTCPMuxDefault(params TCPMuxParams) *TCPMuxDefault {
 		log:      p.Logger,
 		listener: p.Listener,
 		done:     make(chan struct{}),
-		conns:    make(map[string]map[pcKey]*tcpPacketConn),
+		conns:    make(map[string]ufragConns),
 	}
 	m.table = newAdmissionTable(&m.stats)
 	if err := params.Validate(); err != nil {
@@ -225,7 +226,7 @@ func (m *TCPMuxDefault) GetConnByUfrag(ufrag string, isIPv6 bool, local net.IP) 
 	if m.closed.Load() {
 		return nil, ErrMuxClosed
 	}
-	pc := m.conns[ufrag][key]
+	pc := m.conns[ufrag].get(key)
 	if pc == nil || !pc.acquire(&m.table) {
 		pc = m.newPacketConnLocked(ufrag, key)
 		pc.acquire(&m.table)
@@ -576,7 +577,7 @@ func (m *TCPMuxDefault) attach(c *streamConn, ufrag []byte) rejectReason {
 	if limit := m.params.MaxConnectionsPerUfrag; limit > 0 && attachedCount(byKey) >= limit {
 		return rejectLimit
 	}
-	pc := byKey[key]
+	pc := byKey.get(key)
 	for {
 		if pc == nil {
 			pc = m.newPacketConnLocked(string(ufrag), key)
@@ -594,7 +595,7 @@ func (m *TCPMuxDefault) attach(c *streamConn, ufrag []byte) rejectReason {
 	}
 }
 
-func attachedCount(byKey map[pcKey]*tcpPacketConn) int {
+func attachedCount(byKey ufragConns) int {
 	n := 0
 	for _, pc := range byKey {
 		n += pc.connCount()
@@ -607,19 +608,40 @@ func attachedCount(byKey map[pcKey]*tcpPacketConn) int {
 func (m *TCPMuxDefault) newPacketConnLocked(ufrag string, key pcKey) *tcpPacketConn {
 	pc := newTCPPacketConn(m, ufrag, key)
 	byKey := m.conns[ufrag]
-	if byKey == nil {
-		byKey = make(map[pcKey]*tcpPacketConn, 1)
-		m.conns[ufrag] = byKey
+	if i := byKey.index(key); i >= 0 {
+		byKey[i] = pc // the old one is closing: forget leaves pc in place
+	} else {
+		m.conns[ufrag] = append(byKey, pc)
 	}
-	byKey[key] = pc
 	m.stats.packetConns.Add(1)
 	return pc
+}
+
+// ufragConns are the PacketConns of one ufrag, one per (family, local IP):
+// one or two in practice, so a slice, which costs a session less than a
+// map.
+type ufragConns []*tcpPacketConn
+
+func (pcs ufragConns) index(key pcKey) int {
+	for i, pc := range pcs {
+		if pc.key == key {
+			return i
+		}
+	}
+	return -1
+}
+
+func (pcs ufragConns) get(key pcKey) *tcpPacketConn {
+	if i := pcs.index(key); i >= 0 {
+		return pcs[i]
+	}
+	return nil
 }
 
 // forget unregisters a closing PacketConn, leaving any newer one of the
 // same key in place, and ends the accounting of the connections closing
 // with it.
-func (m *TCPMuxDefault) forget(pc *tcpPacketConn, conns map[netip.AddrPort]*streamConn) {
+func (m *TCPMuxDefault) forget(pc *tcpPacketConn, conns []*streamConn) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, c := range conns {
@@ -627,13 +649,15 @@ func (m *TCPMuxDefault) forget(pc *tcpPacketConn, conns map[netip.AddrPort]*stre
 	}
 	m.stats.packetConns.Add(-1)
 	byKey := m.conns[pc.ufrag]
-	if byKey[pc.key] != pc {
+	i := byKey.index(pc.key)
+	if i < 0 || byKey[i] != pc {
 		return
 	}
-	delete(byKey, pc.key)
-	if len(byKey) == 0 {
+	if len(byKey) == 1 {
 		delete(m.conns, pc.ufrag)
+		return
 	}
+	m.conns[pc.ufrag] = slices.Delete(byKey, i, i+1)
 }
 
 // reject closes a connection that was not admitted and counts why, unless

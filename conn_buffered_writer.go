@@ -2,33 +2,49 @@ package tcpmux
 
 import (
 	"net"
+	"sync"
 	"time"
 )
 
+// bufferedWriter is a connection's state in buffered mode: frames are
+// appended to queued and a flusher goroutine, alive only while frames are
+// queued (and a linger after), writes them from there in as few Writes as
+// possible. Made only when WriteBufferSize > 0, so that a connection in
+// synchronous mode does not carry it. mu guards what follows it.
+type bufferedWriter struct {
+	mu           sync.Mutex
+	queued       writeRing
+	flushing     bool
+	flusherWaits bool          // the flusher waits for frames on queuedWake
+	queuedWake   chan struct{} // one token: frames were queued for an idle flusher
+	dropErr      error         // returned for every dropped frame (dropErrorLocked)
+	flushers     sync.WaitGroup
+}
+
 func (c *streamConn) writeBuffered(p []byte) (int, error) {
-	c.bmu.Lock()
+	c.bw.mu.Lock()
 	if c.closed.Load() {
-		c.bmu.Unlock()
+		c.bw.mu.Unlock()
 		return 0, ErrConnClosed
 	}
-	if !c.queued.push(p, c.mux.params.WriteBufferSize) {
+	if !c.bw.queued.push(p, c.mux.params.WriteBufferSize) {
 		err := c.dropErrorLocked()
-		c.bmu.Unlock()
+		c.bw.mu.Unlock()
 		c.mux.stats.writeDrops.Add(1)
 		return 0, err
 	}
-	start := !c.flushing
+	start := !c.bw.flushing
 	if start {
-		c.flushing = true
-		c.writers.Add(1)
+		c.bw.flushing = true
+		c.bw.flushers.Add(1)
 	}
-	wakeFlusher := c.flusherWaits
-	c.flusherWaits = false
-	c.bmu.Unlock()
+	wakeFlusher := c.bw.flusherWaits
+	c.bw.flusherWaits = false
+	c.bw.mu.Unlock()
 	if start {
 		go c.flush()
 	} else if wakeFlusher {
-		signal(c.queuedWake)
+		signal(c.bw.queuedWake)
 	}
 	return len(p), nil
 }
@@ -36,9 +52,9 @@ func (c *streamConn) writeBuffered(p []byte) (int, error) {
 // dropErrorLocked is the error of a frame dropped for a full write
 // buffer. It is made once per connection: an application writing faster
 // than its peer reads gets it for many frames in a row, which must not
-// allocate. Called with bmu held.
+// allocate. Called with bw.mu held.
 func (c *streamConn) dropErrorLocked() error {
-	if c.dropErr == nil {
+	if c.bw.dropErr == nil {
 		opErr := &net.OpError{Op: "write", Net: "tcp", Err: ErrWriteBufferFull}
 		if c.pc != nil {
 			opErr.Source = c.pc.localAddr
@@ -46,9 +62,9 @@ func (c *streamConn) dropErrorLocked() error {
 		if c.remote != nil {
 			opErr.Addr = c.remote
 		}
-		c.dropErr = opErr
+		c.bw.dropErr = opErr
 	}
-	return c.dropErr
+	return c.bw.dropErr
 }
 
 // flusherLinger is how long a flusher waits for more frames before it
@@ -59,33 +75,33 @@ const flusherLinger = 2 * time.Second
 // flush writes queued frames, waits up to flusherLinger for more, then
 // exits.
 func (c *streamConn) flush() {
-	defer c.writers.Done()
+	defer c.bw.flushers.Done()
 	linger := time.NewTimer(flusherLinger)
 	defer linger.Stop()
 	for {
-		c.bmu.Lock()
+		c.bw.mu.Lock()
 		if c.closed.Load() {
-			c.flushing, c.flusherWaits = false, false
-			c.bmu.Unlock()
+			c.bw.flushing, c.bw.flusherWaits = false, false
+			c.bw.mu.Unlock()
 			return
 		}
-		if c.queued.used == 0 {
-			c.flusherWaits = true
-			c.bmu.Unlock()
+		if c.bw.queued.used == 0 {
+			c.bw.flusherWaits = true
+			c.bw.mu.Unlock()
 			if !c.waitForFrames(linger) {
 				return
 			}
 			continue
 		}
 		// Writers append behind these bytes meanwhile, never over them.
-		front := c.queued.front()
-		c.bmu.Unlock()
+		front := c.bw.queued.front()
+		c.bw.mu.Unlock()
 		n, err := c.conn.Write(front)
-		c.bmu.Lock()
+		c.bw.mu.Lock()
 		if !c.closed.Load() {
-			c.queued.consume(n)
+			c.bw.queued.consume(n)
 		}
-		c.bmu.Unlock()
+		c.bw.mu.Unlock()
 		if err != nil {
 			c.fail(err)
 		}
@@ -97,22 +113,26 @@ func (c *streamConn) flush() {
 func (c *streamConn) waitForFrames(linger *time.Timer) bool {
 	linger.Reset(flusherLinger)
 	select {
-	case <-c.queuedWake:
+	case <-c.bw.queuedWake:
 		return true
 	case <-c.done:
 		return true // the loop sees closed
 	case <-linger.C:
 	}
-	c.bmu.Lock()
-	defer c.bmu.Unlock()
-	if c.queued.used > 0 && !c.closed.Load() {
-		c.flusherWaits = false
+	c.bw.mu.Lock()
+	defer c.bw.mu.Unlock()
+	if c.bw.queued.used > 0 && !c.closed.Load() {
+		c.bw.flusherWaits = false
 		return true
 	}
-	c.flushing, c.flusherWaits = false, false
-	c.queued.release() // an idle connection keeps no write buffer
+	c.bw.flushing, c.bw.flusherWaits = false, false
+	c.bw.queued.release() // an idle connection keeps no write buffer
 	return false
 }
 
 // waitWriters waits for a closed connection's flusher to exit.
-func (c *streamConn) waitWriters() { c.writers.Wait() }
+func (c *streamConn) waitWriters() {
+	if c.bw != nil {
+		c.bw.flushers.Wait()
+	}
+}

@@ -17,11 +17,15 @@ type deadline struct {
 	ch      chan struct{} // nil until a wait; closed once expired
 	expired atomic.Bool   // the timer fired, or set found the time passed
 	armed   atomic.Bool   // at is set: exceeded must look at the clock
+	shutOff bool          // shut: its handle closed, waiters stay woken
 }
 
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.shutOff {
+		return
+	}
 	d.at = t
 	d.armed.Store(!t.IsZero())
 	if d.timer != nil {
@@ -57,7 +61,7 @@ func (d *deadline) armLocked() {
 func (d *deadline) fire() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.at.IsZero() || d.expired.Load() {
+	if d.at.IsZero() || d.expired.Load() || d.shutOff {
 		return
 	}
 	d.armLocked() // re-arms if the timer was stale or the clock disagrees
@@ -68,11 +72,29 @@ func (d *deadline) wait() <-chan struct{} {
 	defer d.mu.Unlock()
 	if d.ch == nil {
 		d.ch = make(chan struct{})
-		if d.expired.Load() {
+		if d.expired.Load() || d.shutOff {
 			close(d.ch)
 		}
 	}
 	return d.ch
+}
+
+// shut stops the deadline for good and wakes its waiters, now and later:
+// a closing handle's ReadFroms wait on it, so the handle needs no channel
+// of its own.
+func (d *deadline) shut() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.shutOff {
+		return
+	}
+	d.shutOff = true
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	if d.ch != nil && !d.expired.Load() { // an expired one is closed already
+		close(d.ch)
+	}
 }
 
 // exceeded reports whether the deadline has passed, even if its timer has

@@ -237,9 +237,9 @@ func TestMemoryRingGrowDuringStalledWrite(t *testing.T) {
 			break
 		}
 	}
-	c.bmu.Lock()
-	ringCap := len(c.queued.buf)
-	c.bmu.Unlock()
+	c.bw.mu.Lock()
+	ringCap := len(c.bw.queued.buf)
+	c.bw.mu.Unlock()
 	g.mu.Lock()
 	inflight := g.heldCap[1]
 	g.mu.Unlock()

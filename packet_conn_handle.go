@@ -17,13 +17,12 @@ import (
 type packetConnHandle struct {
 	pc            *tcpPacketConn
 	closed        atomic.Bool
-	done          chan struct{} // closed by Close
 	readDeadline  deadline
 	writeDeadline deadline
 }
 
 func newPacketConnHandle(pc *tcpPacketConn) *packetConnHandle {
-	return &packetConnHandle{pc: pc, done: make(chan struct{})}
+	return &packetConnHandle{pc: pc}
 }
 
 // ReadFrom reads the next packet from any connection of the PacketConn.
@@ -87,10 +86,9 @@ func (h *packetConnHandle) readOrWait(b []byte) (n int, from *net.TCPAddr, sende
 			}
 			return 0, nil, nil, err, waited
 		}
-		select { // each case holds a sudog while parked: three, not four
+		select { // each case holds a sudog while parked: two
 		case <-pc.readable: // also signalled when the PacketConn closes
-		case <-h.done:
-		case <-h.readDeadline.wait():
+		case <-h.readDeadline.wait(): // also closed by Close
 		}
 		pc.loan.stopWaiting()
 		waited = true
@@ -185,9 +183,8 @@ func (h *packetConnHandle) Close() error {
 	if !h.closed.CompareAndSwap(false, true) {
 		return h.opError("close", nil, ErrConnClosed)
 	}
-	close(h.done)
+	h.readDeadline.shut() // wakes its ReadFroms
 	h.pc.loan.interrupt(h)
-	h.readDeadline.stop()
 	h.writeDeadline.stop()
 	h.pc.release()
 	return nil

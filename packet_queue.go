@@ -39,6 +39,7 @@ type packetQueue struct {
 
 	// writable carries one wake-up token for blocked pushers; one that
 	// pushes and leaves room passes it on, so one token serves them all.
+	// Made for the first pusher that waits: most queues never fill.
 	writable chan struct{}
 }
 
@@ -63,7 +64,6 @@ func newPacketQueue(maxPackets, maxBytes int, received *counters) *packetQueue {
 		maxBytes: maxBytes,
 		maxCount: maxPackets,
 		received: received,
-		writable: make(chan struct{}, 1),
 	}
 }
 
@@ -72,31 +72,34 @@ func newPacketQueue(maxPackets, maxBytes int, received *counters) *packetQueue {
 func (q *packetQueue) setMaxBytes(n int) {
 	q.mu.Lock()
 	q.maxBytes = n
-	blocked := q.blocked > 0
+	blocked := q.writableIfBlockedLocked()
 	q.mu.Unlock()
-	if blocked {
-		signal(q.writable)
+	if blocked != nil {
+		signal(blocked)
 	}
 }
 
 // push queues a copy of p from the peer at from, counting it as received
 // before any reader can see it, and reports whether the queue was empty.
-// It returns ok false if the queue is full: the caller then waits on
-// writable and calls push again with retry set, or calls cancelWait if it
-// gives up.
-func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok, wasEmpty bool, err error) {
+// It returns ok false if the queue is full: the caller then waits on wait
+// and calls push again with retry set, or calls cancelWait if it gives up.
+func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok, wasEmpty bool, wait <-chan struct{}, err error) {
 	q.mu.Lock()
 	if retry {
 		q.blocked--
 	}
 	if q.closed {
 		q.mu.Unlock()
-		return false, false, ErrConnClosed
+		return false, false, nil, ErrConnClosed
 	}
 	if !q.reserveEntry() || !q.reserve(len(p)) {
 		q.blocked++
+		if q.writable == nil {
+			q.writable = make(chan struct{}, 1)
+		}
+		wait = q.writable
 		q.mu.Unlock()
-		return false, false, nil
+		return false, false, wait, nil
 	}
 	if len(p) > 0 {
 		tail := (q.head + q.used) % len(q.data)
@@ -111,12 +114,24 @@ func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok, wasEmpt
 	q.received.packetsReceived.Add(1)
 	q.received.bytesReceived.Add(uint64(len(p)))
 	wasEmpty = n == 1
-	passBaton := q.blocked > 0 && n < q.maxCount
-	q.mu.Unlock()
-	if passBaton {
-		signal(q.writable)
+	var passBaton chan struct{}
+	if n < q.maxCount {
+		passBaton = q.writableIfBlockedLocked()
 	}
-	return true, wasEmpty, nil
+	q.mu.Unlock()
+	if passBaton != nil {
+		signal(passBaton)
+	}
+	return true, wasEmpty, nil, nil
+}
+
+// writableIfBlockedLocked is the channel to wake blocked pushers on, if
+// any pusher is blocked.
+func (q *packetQueue) writableIfBlockedLocked() chan struct{} {
+	if q.blocked > 0 {
+		return q.writable
+	}
+	return nil
 }
 
 // cancelWait undoes the blocked count of a push that will not be retried.
@@ -204,10 +219,10 @@ func (q *packetQueue) pop(b []byte) (n int, from *net.TCPAddr, ok bool, err erro
 			q.releaseLocked()
 		}
 	}
-	pushers := q.blocked > 0
+	pushers := q.writableIfBlockedLocked()
 	q.mu.Unlock()
-	if pushers {
-		signal(q.writable)
+	if pushers != nil {
+		signal(pushers)
 	}
 	return n, pkt.from, true, err
 }

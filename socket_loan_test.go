@@ -367,7 +367,7 @@ func TestLoanReaderGivingUpPassesToken(t *testing.T) {
 // the packet's.
 func TestLoanPopLastPacketPassesToken(t *testing.T) {
 	pc, c := loanUnderTest(t)
-	ok, wasEmpty, err := pc.queue.push(&net.TCPAddr{}, []byte("x"), false)
+	ok, wasEmpty, _, err := pc.queue.push(&net.TCPAddr{}, []byte("x"), false)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.True(t, wasEmpty)

@@ -56,17 +56,7 @@ type streamConn struct {
 	owner *packetConnHandle
 	wdl   time.Time // the write deadline last set on conn
 
-	// Buffered writes (WriteBufferSize > 0, conn_buffered_writer.go):
-	// frames are appended to queued and a flusher goroutine, alive only
-	// while frames are queued (and a linger after), writes them from there
-	// in as few Writes as possible.
-	bmu          sync.Mutex
-	queued       writeRing
-	flushing     bool
-	flusherWaits bool          // the flusher waits for frames on queuedWake
-	queuedWake   chan struct{} // one token: frames were queued for an idle flusher
-	dropErr      error         // returned for every dropped frame (dropErrorLocked)
-	writers      sync.WaitGroup
+	bw *bufferedWriter // WriteBufferSize > 0 only (conn_buffered_writer.go)
 }
 
 // newStreamConn wraps an accepted connection. It does not ask the
@@ -79,7 +69,7 @@ func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
 		wsem: make(chan struct{}, 1),
 	}
 	if m.params.WriteBufferSize > 0 {
-		c.queuedWake = make(chan struct{}, 1)
+		c.bw = &bufferedWriter{queuedWake: make(chan struct{}, 1)}
 	}
 	return c
 }
@@ -98,10 +88,14 @@ func (c *streamConn) learnAddrs() {
 // PacketConn (see tcpPacketConn.removeConn). Idempotent.
 func (c *streamConn) close() {
 	c.closeOnce.Do(func() {
-		c.bmu.Lock()
-		c.closed.Store(true)
-		c.queued.release()
-		c.bmu.Unlock()
+		if bw := c.bw; bw != nil {
+			bw.mu.Lock()
+			c.closed.Store(true) // under mu: no frame is queued after release
+			bw.queued.release()
+			bw.mu.Unlock()
+		} else {
+			c.closed.Store(true)
+		}
 		close(c.done)
 		closeNow(c.conn)
 	})

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,7 +27,7 @@ type tcpPacketConn struct {
 	localAddr *net.TCPAddr
 	queue     *packetQueue
 	loan      socketLoan
-	done      chan struct{} // closed when the PacketConn closes
+	closing   atomic.Bool // set when the PacketConn begins to close
 
 	// readable carries one wake-up token for readers blocked in ReadFrom:
 	// a packet was queued into an empty queue, or the socket was offered.
@@ -56,7 +57,6 @@ func newTCPPacketConn(m *TCPMuxDefault, ufrag string, key pcKey) *tcpPacketConn 
 		key:       key,
 		localAddr: &net.TCPAddr{IP: key.local.AsSlice(), Port: m.port, Zone: key.local.Zone()},
 		queue:     newPacketQueue(m.params.ReadBufferSize, UnclaimedQueueBytes, &m.stats), // until claimed (acquire)
-		done:      make(chan struct{}),
 		readable:  make(chan struct{}, 1),
 	}
 	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
@@ -167,8 +167,8 @@ func (pc *tcpPacketConn) dieLocked() []*streamConn {
 
 func (pc *tcpPacketConn) teardown(conns []*streamConn) {
 	pc.mux.forget(pc, conns)
-	pc.queue.close() // before done: a reader woken by done finds it closed
-	close(pc.done)
+	pc.queue.close()
+	pc.closing.Store(true)
 	signal(pc.readable) // each reader woken passes it on (passReadable)
 	for _, c := range conns {
 		c.close()
@@ -249,7 +249,7 @@ func (pc *tcpPacketConn) indexLocked(addr netip.AddrPort) int {
 func (pc *tcpPacketConn) deliver(c *streamConn, p []byte) bool {
 	retry := false
 	for {
-		ok, wasEmpty, err := pc.queue.push(c.remote, p, retry)
+		ok, wasEmpty, wait, err := pc.queue.push(c.remote, p, retry)
 		if err != nil {
 			return false
 		}
@@ -259,12 +259,9 @@ func (pc *tcpPacketConn) deliver(c *streamConn, p []byte) bool {
 			}
 			return true
 		}
-		select {
-		case <-pc.queue.writable:
+		select { // the PacketConn's closing closes c too
+		case <-wait:
 			retry = true
-		case <-pc.done:
-			pc.queue.cancelWait()
-			return false
 		case <-c.done:
 			pc.queue.cancelWait()
 			return false
@@ -283,14 +280,7 @@ func (pc *tcpPacketConn) passReadable() {
 
 // isClosing reports whether the PacketConn has begun closing, without its
 // lock.
-func (pc *tcpPacketConn) isClosing() bool {
-	select {
-	case <-pc.done:
-		return true
-	default:
-		return false
-	}
-}
+func (pc *tcpPacketConn) isClosing() bool { return pc.closing.Load() }
 
 // moveWriteDeadline reaches a write of h blocked on any connection.
 func (pc *tcpPacketConn) moveWriteDeadline(h *packetConnHandle, t time.Time) {

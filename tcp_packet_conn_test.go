@@ -1601,7 +1601,7 @@ func testRoundTripAllocs(t *testing.T, size, writeBufferSize int, api string) {
 func TestQueueReaderGivingUpPassesWakeUp(t *testing.T) {
 	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16, &counters{}), readable: make(chan struct{}, 1)}
 	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
-	ok, wasEmpty, err := pc.queue.push(nil, []byte("x"), false)
+	ok, wasEmpty, _, err := pc.queue.push(nil, []byte("x"), false)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.True(t, wasEmpty, "the first packet must wake a reader")

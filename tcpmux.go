@@ -48,11 +48,11 @@ import (
 //	streamConn.dlmu     which handle's write deadline a socket carries
 //	deadline.mu         one handle's read or write deadline
 //
-// Leaves, taken with no other lock held: streamConn.bmu (buffered
+// Leaves, taken with no other lock held: bufferedWriter.mu (buffered
 // frames), fallbackListener.mu (connections handed over). streamConn.wsem,
 // a semaphore, is held across a frame's Write and while a failed write
 // removes its connection, which takes every lock above but the sweeper's,
-// and bmu; nothing waits for wsem while holding a lock.
+// and bufferedWriter.mu; nothing waits for wsem while holding a lock.
 //
 // Channels of capacity 1 carry the wake-ups (signal): tcpPacketConn.readable
 // for readers and packetQueue.writable for blocked pushers, where a woken

@@ -12,7 +12,7 @@ import "encoding/binary"
 // old array pinned by that write (a stalled peer may never let it return),
 // so the new array and the one being written from together stay within the
 // bound: a stalled peer pins at most WriteBufferSize however the flusher
-// and WriteTo interleave. Guarded by streamConn.bmu; the flusher writes
+// and WriteTo interleave. Guarded by bufferedWriter.mu; the flusher writes
 // from front() without the lock while writers append behind it.
 type writeRing struct {
 	buf     []byte

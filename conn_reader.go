@@ -184,9 +184,7 @@ func (c *streamConn) readDirect(h *packetConnHandle, b []byte) (int, error) {
 		}
 		p, err := c.fr.Next()
 		if err == nil {
-			stats := &c.mux.stats
-			stats.packetsReceived.Add(1)
-			stats.bytesReceived.Add(uint64(len(p)))
+			c.traffic.rx.add(len(p))
 			if len(p) > len(b) {
 				return 0, io.ErrShortBuffer
 			}

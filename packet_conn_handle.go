@@ -155,8 +155,7 @@ func (h *packetConnHandle) write(b []byte, addr netip.AddrPort) (int, error) {
 	}
 	n, err := c.writeFrame(b, h)
 	if err == nil {
-		h.pc.mux.stats.packetsSent.Add(1)
-		h.pc.mux.stats.bytesSent.Add(uint64(n))
+		c.traffic.tx.add(n)
 	}
 	return n, err
 }

@@ -34,8 +34,7 @@ type packetQueue struct {
 	closed   bool
 	// idle: the connections went quiet (releaseIfEmpty) while packets
 	// were queued; the pop that empties the queue drops its tables.
-	idle     bool
-	received *counters // a packet counts as received once queued
+	idle bool
 
 	// writable carries one wake-up token for blocked pushers; one that
 	// pushes and leaves room passes it on, so one token serves them all.
@@ -59,11 +58,10 @@ const minQueueBytes = 256
 // minQueueEntries is the first size of a queue's packet table.
 const minQueueEntries = 4
 
-func newPacketQueue(maxPackets, maxBytes int, received *counters) *packetQueue {
+func newPacketQueue(maxPackets, maxBytes int) *packetQueue {
 	return &packetQueue{
 		maxBytes: maxBytes,
 		maxCount: maxPackets,
-		received: received,
 	}
 }
 
@@ -79,11 +77,11 @@ func (q *packetQueue) setMaxBytes(n int) {
 	}
 }
 
-// push queues a copy of p from the peer at from, counting it as received
+// push queues a copy of p from the peer at from, counting it in received
 // before any reader can see it, and reports whether the queue was empty.
 // It returns ok false if the queue is full: the caller then waits on wait
 // and calls push again with retry set, or calls cancelWait if it gives up.
-func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok, wasEmpty bool, wait <-chan struct{}, err error) {
+func (q *packetQueue) push(from *net.TCPAddr, p []byte, received *trafficCount, retry bool) (ok, wasEmpty bool, wait <-chan struct{}, err error) {
 	q.mu.Lock()
 	if retry {
 		q.blocked--
@@ -111,8 +109,7 @@ func (q *packetQueue) push(from *net.TCPAddr, p []byte, retry bool) (ok, wasEmpt
 	q.entries[(q.first+n-1)%len(q.entries)] = queuedPacket{size: len(p), from: from}
 	q.used += len(p)
 	q.idle = false // traffic again
-	q.received.packetsReceived.Add(1)
-	q.received.bytesReceived.Add(uint64(len(p)))
+	received.add(len(p))
 	wasEmpty = n == 1
 	var passBaton chan struct{}
 	if n < q.maxCount {

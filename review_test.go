@@ -37,7 +37,7 @@ func loanConn(t *testing.T) *streamConn {
 // loan in state offered with lent == nil. Now offer waits until no socket
 // is on loan.
 func TestReviewStaleGiveBackResumesLenderUnderHolder(t *testing.T) {
-	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16, &counters{}), readable: make(chan struct{}, 1)}
+	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16), readable: make(chan struct{}, 1)}
 	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
 	l := &pc.loan
 	old, joined := loanConn(t), loanConn(t)

@@ -329,7 +329,7 @@ func TestDirectReadIdleConnectionGivesSocketBack(t *testing.T) {
 // may lend, and readers A and B wait.
 func loanUnderTest(t *testing.T) (*tcpPacketConn, *streamConn) {
 	t.Helper()
-	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16, &counters{}), readable: make(chan struct{}, 1)}
+	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16), readable: make(chan struct{}, 1)}
 	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
 	c := &streamConn{resume: make(chan struct{}, 1)}
 	pc.loan.setMayLend(c)
@@ -367,7 +367,7 @@ func TestLoanReaderGivingUpPassesToken(t *testing.T) {
 // the packet's.
 func TestLoanPopLastPacketPassesToken(t *testing.T) {
 	pc, c := loanUnderTest(t)
-	ok, wasEmpty, _, err := pc.queue.push(&net.TCPAddr{}, []byte("x"), false)
+	ok, wasEmpty, _, err := pc.queue.push(&net.TCPAddr{}, []byte("x"), &trafficCount{}, false)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.True(t, wasEmpty)

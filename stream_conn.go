@@ -20,7 +20,8 @@ type streamConn struct {
 	local     netip.Addr     // unmapped
 	pc        *tcpPacketConn // set once, when the connection is attached
 	multipath bool
-	entry     tableEntry // guarded by mux.mu (admission.go)
+	entry     tableEntry     // guarded by mux.mu (admission.go)
+	traffic   *trafficStripe // where its packets count (stats.go)
 	// inLookup: the goroutine is out of mux.wg, running PasswordLookup,
 	// so Close accounts for the connection itself. Guarded by mux.mu.
 	inLookup bool
@@ -63,10 +64,11 @@ type streamConn struct {
 // connection its addresses, which may wait on the peer: see learnAddrs.
 func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
 	c := &streamConn{
-		mux:  m,
-		conn: conn,
-		done: make(chan struct{}),
-		wsem: make(chan struct{}, 1),
+		mux:     m,
+		conn:    conn,
+		traffic: m.stats.nextStripe(),
+		done:    make(chan struct{}),
+		wsem:    make(chan struct{}, 1),
 	}
 	if m.params.WriteBufferSize > 0 {
 		c.bw = &bufferedWriter{queuedWake: make(chan struct{}, 1)}

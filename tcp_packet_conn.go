@@ -56,7 +56,7 @@ func newTCPPacketConn(m *TCPMuxDefault, ufrag string, key pcKey) *tcpPacketConn 
 		ufrag:     ufrag,
 		key:       key,
 		localAddr: &net.TCPAddr{IP: key.local.AsSlice(), Port: m.port, Zone: key.local.Zone()},
-		queue:     newPacketQueue(m.params.ReadBufferSize, UnclaimedQueueBytes, &m.stats), // until claimed (acquire)
+		queue:     newPacketQueue(m.params.ReadBufferSize, UnclaimedQueueBytes), // until claimed (acquire)
 		readable:  make(chan struct{}, 1),
 	}
 	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
@@ -249,7 +249,7 @@ func (pc *tcpPacketConn) indexLocked(addr netip.AddrPort) int {
 func (pc *tcpPacketConn) deliver(c *streamConn, p []byte) bool {
 	retry := false
 	for {
-		ok, wasEmpty, wait, err := pc.queue.push(c.remote, p, retry)
+		ok, wasEmpty, wait, err := pc.queue.push(c.remote, p, &c.traffic.rx, retry)
 		if err != nil {
 			return false
 		}

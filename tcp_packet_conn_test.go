@@ -1599,9 +1599,9 @@ func testRoundTripAllocs(t *testing.T, size, writeBufferSize int, api string) {
 // A reader that takes the wake-up token and then gives up (deadline,
 // Close) passes it on: another waiting reader must still get the packet.
 func TestQueueReaderGivingUpPassesWakeUp(t *testing.T) {
-	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16, &counters{}), readable: make(chan struct{}, 1)}
+	pc := &tcpPacketConn{queue: newPacketQueue(8, 1<<16), readable: make(chan struct{}, 1)}
 	pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
-	ok, wasEmpty, _, err := pc.queue.push(nil, []byte("x"), false)
+	ok, wasEmpty, _, err := pc.queue.push(nil, []byte("x"), &trafficCount{}, false)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.True(t, wasEmpty, "the first packet must wake a reader")

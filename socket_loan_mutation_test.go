@@ -227,3 +227,28 @@ func TestDirectIdleCheckParksIdleConnection(t *testing.T) {
 	c.directIdleCheck()
 	require.True(t, c.fr.parked, "an idle connection keeps its read buffer")
 }
+
+// A connection lends its socket only with no whole frame buffered: frames
+// that one Read brought in together are queued and counted first, not
+// left in a lent buffer that the waiting reader may never come to take
+// (they would then wait for the sweeper).
+func TestLenderQueuesBufferedFramesBeforeLending(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		pc, client, _ := pipePair(t)
+		m := pc.(*packetConnHandle).pc.mux
+		l := loanOf(pc)
+		writeFrames(t, client, "warm-up") // the connection reads with a buffer now
+		synctest.Wait()                   // ...and, nobody waiting, lends nothing
+		p, _ := readPacket(t, pc)
+		require.Equal(t, "warm-up", string(p))
+		require.True(t, l.inState(lenderReads))
+		before := m.Stats().PacketsReceived
+
+		require.Nil(t, l.takeOrWait(&packetConnHandle{}), "nothing on offer")         // a reader waits
+		_, err := client.Write(append(frame([]byte("one")), frame([]byte("two"))...)) // one Read
+		require.NoError(t, err)
+		synctest.Wait()
+		require.True(t, l.inState(offered), "the connection lends its socket to the waiting reader")
+		require.Equal(t, before+2, m.Stats().PacketsReceived, "a frame already read waits in the lent buffer")
+	})
+}

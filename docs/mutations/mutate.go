@@ -1,0 +1,263 @@
+//go:build ignore
+
+// Command mutate runs the package's tests against hand-written mutants of
+// the read path (socket loan, packet queue, wake-ups): each mutation is a
+// small change a maintainer could make by mistake, and some test must fail
+// on it. See docs/mutations.md for the table of results.
+//
+// From the repository root:
+//
+//	go run docs/mutations/mutate.go                 # every mutation
+//	go run docs/mutations/mutate.go -only L1,Q2     # some of them
+//	go run docs/mutations/mutate.go -race=false     # skip the -race rerun
+//	go run docs/mutations/mutate.go -list           # print the mutations
+//
+// For each mutation it checks that the file is unmodified in git, applies
+// the change (an exact text replacement, which must match exactly once),
+// runs `go test -count=1 -timeout 180s -json .`, then, if no test failed
+// and -race is set, the same with -race; finally it restores the file with
+// `git checkout -- file`. It prints one line per mutation with the tests
+// that failed (a survivor has none) and exits 1 if any mutant survived.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+)
+
+type mutation struct {
+	id, file, fn, what string
+	old, new           string
+}
+
+var mutations = []mutation{
+	// Wake-ups of readers (tcpPacketConn.readable).
+	{"W1", "packet_conn_handle.go", "read", "passReadable never called by a reader that waited",
+		"\tif waited {\n\t\th.pc.passReadable()\n\t}", "\t_ = waited"},
+	{"W2", "tcp_packet_conn.go", "passReadable", "passes the token only if the queue is non-empty",
+		"if pc.queue.len() > 0 || pc.loan.onOffer() {", "if pc.queue.len() > 0 {"},
+	{"W3", "tcp_packet_conn.go", "passReadable", "passes the token only if the socket is on offer",
+		"if pc.queue.len() > 0 || pc.loan.onOffer() {", "if pc.loan.onOffer() {"},
+	{"W4", "tcp_packet_conn.go", "deliver", "no readable signal when the queue was empty",
+		"if wasEmpty {\n\t\t\t\tsignal(pc.readable)\n\t\t\t}", "_ = wasEmpty"},
+
+	// The packet queue and its pushers (packetQueue.writable).
+	{"Q1", "packet_queue.go", "pop", "pop does not wake blocked pushers",
+		"if pushers {\n\t\tsignal(q.writable)\n\t}", "_ = pushers"},
+	{"Q2", "packet_queue.go", "push", "push does not pass the writable token on",
+		"passBaton := q.blocked > 0 && q.count < q.maxCount", "passBaton := false"},
+	{"Q3", "packet_queue.go", "cancelWait", "cancelWait does nothing (as if not called)",
+		"func (q *packetQueue) cancelWait() {\n\tq.mu.Lock()\n\tq.blocked--\n", "func (q *packetQueue) cancelWait() {\n\tq.mu.Lock()\n"},
+	{"Q4", "packet_queue.go", "push", "queued packets not counted as received",
+		"\tq.received.packetsReceived.Add(1)\n", ""},
+	{"Q5", "packet_queue.go", "releaseIfEmpty", "drops the buffer of a non-empty queue",
+		"if q.count == 0 {\n\t\tq.data, q.head = nil, 0", "if true {\n\t\tq.data, q.head = nil, 0"},
+	{"Q6", "packet_queue.go", "setMaxBytes", "lifting the bound does not wake blocked pushers",
+		"if blocked {\n\t\tsignal(q.writable)\n\t}", "_ = blocked"},
+	{"Q7", "packet_queue.go", "reserve", "an empty queue refuses a packet over the byte bound",
+		"if q.used > 0 && q.used+n > q.maxBytes {", "if q.used+n > q.maxBytes {"},
+
+	// The socket loan.
+	{"L1", "socket_loan.go", "giveBack", "does not wake other waiting readers",
+		"if others {\n\t\tsignal(l.readable)\n\t}", "_ = others"},
+	{"L2", "socket_loan.go", "giveBack", "always keeps the socket on offer (ignores resume and allowed)",
+		"if resume || l.allowed != c {", "if false {"},
+	{"L3", "socket_loan.go", "offer", "offers with no reader waiting",
+		"if l.allowed != c || l.waiting == 0 {", "if l.allowed != c {"},
+	{"L4", "socket_loan.go", "takeOrWait", "does not count the reader as waiting",
+		"if l.state != offered {\n\t\tl.waiting++\n", "if l.state != offered {\n"},
+	{"L5", "packet_conn_handle.go", "readOrWait", "stopWaiting not called after a wait",
+		"\t\tpc.loan.stopWaiting()\n", ""},
+	{"L6", "socket_loan.go", "setAllowed", "does not interrupt the holder of a socket that lost the right",
+		"if l.state == held {\n\t\tl.lent.interruptReadLocked()\n\t\treturn", "if l.state == held {\n\t\treturn"},
+	{"L7", "socket_loan.go", "setAllowed", "does not end a loan on offer that lost the right",
+		"\t\treturn\n\t}\n\tl.endLocked()\n}", "\t\treturn\n\t}\n}"},
+	{"L8", "socket_loan.go", "interrupt", "does nothing (deadline and Close do not reach the holder)",
+		"if l.state == held && l.holder == h {\n\t\tl.lent.interruptReadLocked()\n\t}", "if false {\n\t\tl.lent.interruptReadLocked()\n\t}"},
+	{"L9", "socket_loan.go", "armRead", "does not check that c may still lend",
+		"if l.allowed != c {\n\t\treturn errLoanEnded", "if false {\n\t\treturn errLoanEnded"},
+	{"L10", "socket_loan.go", "armRead", "does not check a passed deadline whose timer has not fired",
+		"if !time.Now().Before(d) {", "if false && !time.Now().Before(d) {"},
+	{"L11", "socket_loan.go", "sweep", "never revokes an untouched offer",
+		"case l.state == offered && l.uses == l.sweptUses:", "case false && l.uses == l.sweptUses:"},
+	{"L12", "socket_loan.go", "sweep", "revokes held loans too",
+		"case l.state == offered && l.uses == l.sweptUses:", "case l.uses == l.sweptUses:"},
+	{"L13", "socket_loan.go", "offer", "an offer does not wake readers",
+		"\tl.mu.Unlock()\n\tsignal(l.readable)\n\treturn true", "\tl.mu.Unlock()\n\treturn true"},
+	{"L14", "socket_loan.go", "endLocked", "ending a loan does not resume the lender",
+		"signal(l.lent.resume)", "_ = l.lent.resume"},
+	{"L15", "conn_reader.go", "awaitLoanEnd", "the loan is not put under the sweeper's watch",
+		"\tc.mux.watchLoan(&c.pc.loan)\n", ""},
+	{"L16", "tcp_packet_conn.go", "updateLenderLocked", "lends with several connections",
+		"len(pc.conns) == 1", "len(pc.conns) >= 1"},
+
+	// Reading the socket (conn_reader.go, packet_conn_handle.go).
+	{"R1", "conn_reader.go", "readDirect", "direct reads not counted in Stats",
+		"\t\t\tstats.packetsReceived.Add(1)\n", ""},
+	{"R2", "conn_reader.go", "readDirect", "a broken stream is not failed by the holder",
+		"if !isTimeout(err) {\n\t\t\tc.fail(err)\n\t\t\treturn 0, errLoanEnded", "if !isTimeout(err) {\n\t\t\treturn 0, errLoanEnded"},
+	{"R3", "packet_conn_handle.go", "readOrWait", "an idle socket stays on offer after giveBack",
+		"pc.loan.giveBack(c, err == errLoanIdle || err == errLoanEnded)", "pc.loan.giveBack(c, err == errLoanEnded)"},
+	{"R4", "conn_reader.go", "directIdleCheck", "the holder never parks an idle connection",
+		"case c.readNothingSinceCheck():\n\t\tc.fr.park()", "case c.readNothingSinceCheck():"},
+	{"R5", "conn_reader.go", "readLoop", "offers even with a whole frame buffered",
+		"if !c.fr.hasFrame() && c.pc.loan.offer(c) {", "if c.pc.loan.offer(c) {"},
+
+	// Closing a PacketConn.
+	{"T1", "tcp_packet_conn.go", "teardown", "closes done before the queue",
+		"pc.queue.close() // before done: a reader woken by done finds it closed\n\tclose(pc.done)", "close(pc.done)\n\tpc.queue.close()"},
+	{"T2", "tcp_packet_conn.go", "dieLocked", "does not take the loan back (setAllowed(nil))",
+		"\tpc.loan.setAllowed(nil)\n\treturn conns", "\treturn conns"},
+}
+
+func main() {
+	only := flag.String("only", "", "comma-separated mutation ids (default: all)")
+	race := flag.Bool("race", true, "rerun a survivor's tests with -race")
+	list := flag.Bool("list", false, "print the mutations and exit")
+	timeout := flag.String("timeout", "180s", "go test -timeout")
+	run := flag.String("run", "", "go test -run (default: every test)")
+	dry := flag.Bool("dry", false, "only check that each mutation applies and builds")
+	flag.Parse()
+
+	if *list {
+		for _, m := range mutations {
+			fmt.Printf("%-4s %-22s %-20s %s\n", m.id, m.file, m.fn, m.what)
+		}
+		return
+	}
+	var ids []string
+	if *only != "" {
+		ids = strings.Split(*only, ",")
+	}
+	survivors := 0
+	for _, m := range mutations {
+		if ids != nil && !slices.Contains(ids, m.id) {
+			continue
+		}
+		failed, err := check(m, *race, *dry, *timeout, *run)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", m.id, err)
+			os.Exit(2)
+		}
+		verdict := "KILLED"
+		if *dry {
+			verdict = "APPLIES"
+		} else if len(failed) == 0 {
+			verdict = "SURVIVED"
+			survivors++
+		}
+		fmt.Printf("%-4s %-8s %s.%s: %s | %s\n", m.id, verdict, m.file, m.fn, m.what, strings.Join(failed, ", "))
+	}
+	if survivors > 0 {
+		os.Exit(1)
+	}
+}
+
+// check applies m, runs the tests, restores the file, and returns the
+// failed tests (or why the run failed).
+func check(m mutation, race, dry bool, timeout, run string) (failed []string, err error) {
+	if err := git("diff", "--quiet", "--", m.file); err != nil {
+		return nil, fmt.Errorf("%s has local changes; commit or stash them first", m.file)
+	}
+	src, err := os.ReadFile(m.file)
+	if err != nil {
+		return nil, err
+	}
+	if n := bytes.Count(src, []byte(m.old)); n != 1 {
+		return nil, fmt.Errorf("the text to mutate occurs %d times in %s", n, m.file)
+	}
+	mutant := bytes.Replace(src, []byte(m.old), []byte(m.new), 1)
+	if err := os.WriteFile(m.file, mutant, 0o644); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if rerr := git("checkout", "--", m.file); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+	if dry {
+		out, err := exec.Command("go", "vet", ".").CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("mutant does not build: %s", out)
+		}
+		return nil, nil
+	}
+	failed, err = goTest(timeout, run, false)
+	if err == nil && len(failed) == 0 && race {
+		var raced []string
+		raced, err = goTest(timeout, run, true)
+		for _, f := range raced {
+			failed = append(failed, f+" (-race)")
+		}
+	}
+	return failed, err
+}
+
+func git(args ...string) error {
+	cmd := exec.Command("git", args...)
+	cmd.Stderr = os.Stderr
+	return cmd.Run()
+}
+
+// goTest runs the package's tests and returns the top-level tests that
+// failed, a timeout (with the tests then running) or a data race. A mutant
+// that does not build is an error, not a kill.
+func goTest(timeout, run string, race bool) ([]string, error) {
+	args := []string{"test", "-count=1", "-timeout", timeout, "-json"}
+	if race {
+		args = append(args, "-race")
+	}
+	if run != "" {
+		args = append(args, "-run", run)
+	}
+	cmd := exec.Command("go", append(args, ".")...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, runErr := cmd.Output()
+
+	var failed []string
+	add := func(s string) {
+		if !slices.Contains(failed, s) {
+			failed = append(failed, s)
+		}
+	}
+	timedOut, racy := false, false
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		var ev struct{ Action, Test, Output string }
+		if json.Unmarshal(sc.Bytes(), &ev) != nil {
+			continue
+		}
+		switch {
+		case ev.Action == "build-fail" || strings.Contains(ev.Output, "[build failed]"):
+			return nil, fmt.Errorf("mutant does not build: %s", stderr.String())
+		case ev.Action == "fail" && ev.Test != "" && !strings.Contains(ev.Test, "/"):
+			add(ev.Test)
+		case strings.Contains(ev.Output, "panic: test timed out"):
+			timedOut = true
+		case strings.Contains(ev.Output, "WARNING: DATA RACE"):
+			racy = true
+		case timedOut && strings.HasPrefix(ev.Output, "\t") && strings.Contains(ev.Output, "Test"):
+			add("timeout in " + strings.Fields(ev.Output)[0])
+		}
+	}
+	if racy {
+		add("data race")
+	}
+	if runErr != nil && len(failed) == 0 {
+		msg := strings.TrimSpace(stderr.String())
+		if i := strings.IndexByte(msg, '\n'); i >= 0 {
+			msg = msg[:i]
+		}
+		return nil, fmt.Errorf("go test failed with no failed test: %v %s", runErr, msg)
+	}
+	return failed, nil
+}

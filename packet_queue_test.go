@@ -1,0 +1,185 @@
+package tcpmux
+
+import (
+	"net"
+	"testing"
+	"testing/synctest"
+
+	"github.com/pion/stun/v3"
+	"github.com/stretchr/testify/require"
+)
+
+// Tests of the packet queue and of the wake-ups around it: blocked pushers
+// (packetQueue.writable) and readers (tcpPacketConn.readable). Each pins
+// down a promise that a mutant of the read path broke unnoticed by the rest
+// of the suite (docs/mutations.md): such mistakes cost latency, a stray
+// wake-up or a reader asleep next to a queued packet, rarely a failed read.
+
+// A pusher that takes the writable token and leaves room in the queue
+// passes the token on: the other blocked pusher must not sleep until the
+// next pop while its packet fits.
+func TestQueuePushPassesWritableToken(t *testing.T) {
+	q := newPacketQueue(2, 1<<16, &counters{})
+	for _, p := range []string{"1", "2"} {
+		ok, _, err := q.push(nil, []byte(p), false)
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	for _, p := range []string{"a", "b"} { // pushers A and B block
+		ok, _, err := q.push(nil, []byte(p), false)
+		require.NoError(t, err)
+		require.False(t, ok, "the queue is full")
+	}
+	buf := make([]byte, 8)
+	for range 2 { // a reader drains the queue: its two wake-ups merge
+		_, _, ok, err := q.pop(buf)
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	<-q.writable // A is woken...
+	ok, _, err := q.push(nil, []byte("a"), true)
+	require.NoError(t, err)
+	require.True(t, ok)
+	select { // ...and, the queue still having room, wakes B
+	case <-q.writable:
+	default:
+		t.Fatal("pusher B sleeps while its packet fits")
+	}
+	ok, _, err = q.push(nil, []byte("b"), true)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, 2, q.len())
+}
+
+// A connection's goroutine blocked on a full queue that gives up (its
+// connection or its PacketConn closed) is no longer counted as blocked: the
+// next pop must not leave a stale wake-up that sends a later pusher round
+// for nothing.
+func TestDeliverGivingUpLeavesNoStaleWakeUp(t *testing.T) {
+	for _, closing := range []string{"connection", "PacketConn"} {
+		t.Run(closing, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				pc := &tcpPacketConn{
+					queue:    newPacketQueue(1, 1<<16, &counters{}),
+					readable: make(chan struct{}, 1),
+					done:     make(chan struct{}),
+				}
+				c := &streamConn{done: make(chan struct{})}
+				require.True(t, pc.deliver(c, []byte("fills the queue")))
+				gaveUp := make(chan bool)
+				go func() { gaveUp <- pc.deliver(c, []byte("blocked")) }()
+				synctest.Wait() // the pusher waits on writable
+				if closing == "connection" {
+					close(c.done)
+				} else {
+					close(pc.done)
+				}
+				require.False(t, <-gaveUp)
+
+				_, _, ok, err := pc.queue.pop(make([]byte, 64))
+				require.NoError(t, err)
+				require.True(t, ok)
+				select {
+				case <-pc.queue.writable:
+					t.Fatal("a pop woke a pusher that had left")
+				default:
+				}
+			})
+		})
+	}
+}
+
+// A reader that waited and leaves with a packet passes the wake-up on if
+// more are queued: deliver signals only into an empty queue, so two
+// packets that arrive before any reader runs bring one wake-up for two
+// waiting readers.
+func TestReaderLeavingPassesWakeUp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		pc := &tcpPacketConn{
+			queue:    newPacketQueue(8, 1<<16, &counters{}),
+			readable: make(chan struct{}, 1),
+			done:     make(chan struct{}),
+		}
+		pc.loan.readable = pc.readable
+		defer func() { // releases a reader left asleep
+			pc.queue.close()
+			close(pc.done)
+		}()
+		got := make(chan string, 2)
+		for range 2 {
+			h := newPacketConnHandle(pc)
+			go func() {
+				buf := make([]byte, 8)
+				n, _, err := h.ReadFrom(buf)
+				if err != nil {
+					got <- err.Error()
+					return
+				}
+				got <- string(buf[:n])
+			}()
+		}
+		synctest.Wait() // both readers wait
+		for _, p := range []string{"one", "two"} {
+			ok, _, err := pc.queue.push(nil, []byte(p), false)
+			require.NoError(t, err)
+			require.True(t, ok)
+		}
+		signal(pc.readable) // deliver's one wake-up, for the first packet
+		synctest.Wait()
+		var read []string
+		for len(got) > 0 {
+			read = append(read, <-got)
+		}
+		require.ElementsMatch(t, []string{"one", "two"}, read, "a reader sleeps while a packet is queued")
+	})
+}
+
+// unclaimedPipe is a mux over net.Pipe, for a synctest bubble, with one
+// connection whose first frame, first, created an unclaimed PacketConn.
+func unclaimedPipe(t *testing.T, params TCPMuxParams, first []byte) (*TCPMuxDefault, net.Conn) {
+	t.Helper()
+	ln := newPipeListener("127.0.0.1:3478")
+	params.Listener = ln
+	m := newTestMux(t, params)
+	client := ln.dial(t, "127.0.0.1:3478", "127.0.0.1:40000")
+	writeFrames(t, client, string(first))
+	return m, client
+}
+
+// Claiming a PacketConn lifts its queue's byte bound: a connection blocked
+// on the unclaimed bound queues its packet at once, before anyone reads.
+func TestClaimWakesBlockedPusher(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m, client := unclaimedPipe(t, TCPMuxParams{}, bindingRequest(t, "pipe"))
+		const size = 6000 // the third does not fit in UnclaimedQueueBytes
+		big := string(make([]byte, size))
+		writeFrames(t, client, big, big, big)
+		synctest.Wait()
+		require.Equal(t, uint64(3), m.Stats().PacketsReceived, "the unclaimed bound holds the third packet back")
+
+		pc := getConn(t, m, "pipe")
+		synctest.Wait()
+		require.Equal(t, uint64(4), m.Stats().PacketsReceived, "the claim leaves the packet waiting for a read")
+		for range 4 {
+			readPacket(t, pc)
+		}
+	})
+}
+
+// An empty queue takes one packet whatever its size: a first frame larger
+// than the unclaimed bound (MaxFirstFrameSize allows up to 64 KiB) is
+// queued and counted at once, not held until a claim.
+func TestUnclaimedQueueTakesLargeFirstFrame(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		first := bindingRequestWith(t,
+			stun.NewUsername("pipe:peer"),
+			stun.RawAttribute{Type: 0x8050, Value: make([]byte, 2*UnclaimedQueueBytes)}, // comprehension-optional
+			stun.Fingerprint)
+		m, _ := unclaimedPipe(t, TCPMuxParams{MaxFirstFrameSize: MaxFramePayload}, first)
+		synctest.Wait()
+		require.Equal(t, uint64(1), m.Stats().PacketsReceived, "the first frame is not queued")
+		pc := getConn(t, m, "pipe")
+		p, _ := readPacket(t, pc)
+		require.Equal(t, first, p)
+	})
+}

@@ -19,14 +19,14 @@ import (
 // passes the token on: the other blocked pusher must not sleep until the
 // next pop while its packet fits.
 func TestQueuePushPassesWritableToken(t *testing.T) {
-	q := newPacketQueue(2, 1<<16, &counters{})
+	q := newPacketQueue(2, 1<<16)
 	for _, p := range []string{"1", "2"} {
-		ok, _, err := q.push(nil, []byte(p), false)
+		ok, _, _, err := q.push(nil, []byte(p), &trafficCount{}, false)
 		require.NoError(t, err)
 		require.True(t, ok)
 	}
 	for _, p := range []string{"a", "b"} { // pushers A and B block
-		ok, _, err := q.push(nil, []byte(p), false)
+		ok, _, _, err := q.push(nil, []byte(p), &trafficCount{}, false)
 		require.NoError(t, err)
 		require.False(t, ok, "the queue is full")
 	}
@@ -37,7 +37,7 @@ func TestQueuePushPassesWritableToken(t *testing.T) {
 		require.True(t, ok)
 	}
 	<-q.writable // A is woken...
-	ok, _, err := q.push(nil, []byte("a"), true)
+	ok, _, _, err := q.push(nil, []byte("a"), &trafficCount{}, true)
 	require.NoError(t, err)
 	require.True(t, ok)
 	select { // ...and, the queue still having room, wakes B
@@ -45,48 +45,39 @@ func TestQueuePushPassesWritableToken(t *testing.T) {
 	default:
 		t.Fatal("pusher B sleeps while its packet fits")
 	}
-	ok, _, err = q.push(nil, []byte("b"), true)
+	ok, _, _, err = q.push(nil, []byte("b"), &trafficCount{}, true)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, 2, q.len())
 }
 
 // A connection's goroutine blocked on a full queue that gives up (its
-// connection or its PacketConn closed) is no longer counted as blocked: the
-// next pop must not leave a stale wake-up that sends a later pusher round
-// for nothing.
+// connection closed, as it does when its PacketConn closes) is no longer
+// counted as blocked: the next pop must not leave a stale wake-up that
+// sends a later pusher round for nothing.
 func TestDeliverGivingUpLeavesNoStaleWakeUp(t *testing.T) {
-	for _, closing := range []string{"connection", "PacketConn"} {
-		t.Run(closing, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				pc := &tcpPacketConn{
-					queue:    newPacketQueue(1, 1<<16, &counters{}),
-					readable: make(chan struct{}, 1),
-					done:     make(chan struct{}),
-				}
-				c := &streamConn{done: make(chan struct{})}
-				require.True(t, pc.deliver(c, []byte("fills the queue")))
-				gaveUp := make(chan bool)
-				go func() { gaveUp <- pc.deliver(c, []byte("blocked")) }()
-				synctest.Wait() // the pusher waits on writable
-				if closing == "connection" {
-					close(c.done)
-				} else {
-					close(pc.done)
-				}
-				require.False(t, <-gaveUp)
+	synctest.Test(t, func(t *testing.T) {
+		pc := &tcpPacketConn{
+			queue:    newPacketQueue(1, 1<<16),
+			readable: make(chan struct{}, 1),
+		}
+		c := &streamConn{done: make(chan struct{}), traffic: &trafficStripe{}}
+		require.True(t, pc.deliver(c, []byte("fills the queue")))
+		gaveUp := make(chan bool)
+		go func() { gaveUp <- pc.deliver(c, []byte("blocked")) }()
+		synctest.Wait() // the pusher waits on writable
+		close(c.done)
+		require.False(t, <-gaveUp)
 
-				_, _, ok, err := pc.queue.pop(make([]byte, 64))
-				require.NoError(t, err)
-				require.True(t, ok)
-				select {
-				case <-pc.queue.writable:
-					t.Fatal("a pop woke a pusher that had left")
-				default:
-				}
-			})
-		})
-	}
+		_, _, ok, err := pc.queue.pop(make([]byte, 64))
+		require.NoError(t, err)
+		require.True(t, ok)
+		select {
+		case <-pc.queue.writable:
+			t.Fatal("a pop woke a pusher that had left")
+		default:
+		}
+	})
 }
 
 // A reader that waited and leaves with a packet passes the wake-up on if
@@ -96,14 +87,17 @@ func TestDeliverGivingUpLeavesNoStaleWakeUp(t *testing.T) {
 func TestReaderLeavingPassesWakeUp(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pc := &tcpPacketConn{
-			queue:    newPacketQueue(8, 1<<16, &counters{}),
+			queue:    newPacketQueue(8, 1<<16),
 			readable: make(chan struct{}, 1),
-			done:     make(chan struct{}),
 		}
-		pc.loan.readable = pc.readable
+		pc.loan.readable, pc.loan.queue = pc.readable, pc.queue
 		defer func() { // releases a reader left asleep
 			pc.queue.close()
-			close(pc.done)
+			pc.closing.Store(true)
+			for range 2 {
+				signal(pc.readable)
+				synctest.Wait()
+			}
 		}()
 		got := make(chan string, 2)
 		for range 2 {
@@ -120,7 +114,7 @@ func TestReaderLeavingPassesWakeUp(t *testing.T) {
 		}
 		synctest.Wait() // both readers wait
 		for _, p := range []string{"one", "two"} {
-			ok, _, err := pc.queue.push(nil, []byte(p), false)
+			ok, _, _, err := pc.queue.push(nil, []byte(p), &trafficCount{}, false)
 			require.NoError(t, err)
 			require.True(t, ok)
 		}

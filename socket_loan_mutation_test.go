@@ -26,8 +26,8 @@ func TestLoanGiveBackWakesWaitingReader(t *testing.T) {
 	require.True(t, pc.loan.offer(c))
 	requireReaderWoken(t, pc, "an offer wakes no reader") // A is woken...
 	pc.loan.stopWaiting()
-	require.Same(t, c, pc.loan.takeOrWait(&packetConnHandle{})) // ...but C, just arrived, takes the socket
-	require.Nil(t, pc.loan.takeOrWait(&packetConnHandle{}), "A waits again")
+	require.Same(t, c, takeNoRetry(t, &pc.loan, &packetConnHandle{})) // ...but C, just arrived, takes the socket
+	require.Nil(t, takeNoRetry(t, &pc.loan, &packetConnHandle{}), "A waits again")
 	pc.loan.giveBack(c, false) // C has its frame and leaves without waiting
 	requireReaderWoken(t, pc, "readers A and B sleep while the socket is on offer")
 }
@@ -44,14 +44,14 @@ func TestLoanLostRightEndsOfferAtOnce(t *testing.T) {
 			if next != "none" {
 				other = &streamConn{resume: make(chan struct{}, 1)}
 			}
-			pc.loan.setAllowed(other)
+			pc.loan.setMayLend(other)
 			require.True(t, pc.loan.inState(lenderReads), "the socket stays on offer")
 			select {
 			case <-c.resume:
 			default:
 				t.Fatal("the lender stays parked")
 			}
-			require.Nil(t, pc.loan.takeOrWait(&packetConnHandle{}), "a reader takes a socket that may not be lent")
+			require.Nil(t, takeNoRetry(t, &pc.loan, &packetConnHandle{}), "a reader takes a socket that may not be lent")
 		})
 	}
 }
@@ -65,7 +65,7 @@ func TestLoanArmReadRefusesPassedDeadline(t *testing.T) {
 	t.Cleanup(func() { _ = server.Close(); _ = client.Close() })
 	c.conn = server
 	c.idleAt = time.Now().Add(idleBufferLinger)
-	h := &packetConnHandle{}
+	h := &packetConnHandle{pc: pc}
 	h.readDeadline.at = time.Now().Add(-time.Millisecond) // passed; no timer has fired
 	require.False(t, h.readDeadline.exceeded())
 	require.ErrorIs(t, pc.loan.armRead(c, h), os.ErrDeadlineExceeded)
@@ -176,7 +176,6 @@ func TestDirectReadErrorEndsConnection(t *testing.T) {
 // time: that spin would stop a synctest bubble's clock.
 func TestIdleSocketGoesBackToItsConnection(t *testing.T) {
 	pc, c := loanUnderTest(t)
-	pc.done = make(chan struct{})
 	c.pc = pc
 	c.fr = NewFrameReader(nil, MaxFramePayload) // parked, as after an idle check
 	require.True(t, pc.loan.offer(c))
@@ -188,12 +187,12 @@ func TestIdleSocketGoesBackToItsConnection(t *testing.T) {
 	result, finished := make(chan error, 1), make(chan struct{})
 	go func() {
 		defer close(finished)
-		_, _, err, _ := h.readOrWait(make([]byte, 64))
+		_, _, _, err, _ := h.readOrWait(make([]byte, 64))
 		result <- err
 	}()
 	t.Cleanup(func() { // releases the reader, spinning or not
 		if h.closed.CompareAndSwap(false, true) {
-			close(h.done)
+			h.readDeadline.shut()
 		}
 		<-finished
 	})
@@ -207,7 +206,7 @@ func TestIdleSocketGoesBackToItsConnection(t *testing.T) {
 		t.Fatal("the connection's goroutine is not resumed")
 	}
 	require.True(t, h.closed.CompareAndSwap(false, true))
-	close(h.done)
+	h.readDeadline.shut()
 	require.ErrorIs(t, <-result, ErrConnClosed)
 }
 
@@ -244,7 +243,7 @@ func TestLenderQueuesBufferedFramesBeforeLending(t *testing.T) {
 		require.True(t, l.inState(lenderReads))
 		before := m.Stats().PacketsReceived
 
-		require.Nil(t, l.takeOrWait(&packetConnHandle{}), "nothing on offer")         // a reader waits
+		require.Nil(t, takeNoRetry(t, l, &packetConnHandle{}), "nothing on offer")         // a reader waits
 		_, err := client.Write(append(frame([]byte("one")), frame([]byte("two"))...)) // one Read
 		require.NoError(t, err)
 		synctest.Wait()

@@ -177,3 +177,60 @@ func TestUnclaimedQueueTakesLargeFirstFrame(t *testing.T) {
 		require.Equal(t, first, p)
 	})
 }
+
+// A queue whose connection went quiet while packets were queued drops its
+// tables when a reader empties it: a session whose peer sent only its
+// first request, read later, holds no queue.
+func TestQueueEmptiedAfterQuietReleasesTables(t *testing.T) {
+	q := newPacketQueue(8, 1<<16)
+	ok, _, _, err := q.push(nil, []byte("first request"), &trafficCount{}, false)
+	require.NoError(t, err)
+	require.True(t, ok)
+	q.releaseIfEmpty() // the connection goes quiet with the packet queued
+	require.NotNil(t, q.data, "a queued packet's bytes were dropped")
+	n, _, ok, err := q.pop(make([]byte, 64))
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, len("first request"), n)
+	require.Nil(t, q.data, "the emptied queue keeps its byte buffer")
+	require.Nil(t, q.entries, "the emptied queue keeps its packet table")
+
+	ok, _, _, err = q.push(nil, []byte("traffic again"), &trafficCount{}, false)
+	require.NoError(t, err)
+	require.True(t, ok)
+	_, _, ok, err = q.pop(make([]byte, 64))
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NotNil(t, q.data, "a busy queue gave its buffer up: it would reallocate per packet")
+}
+
+// SPEC 4: closing a PacketConn ends every ReadFrom waiting on it, however
+// many: its one wake-up is passed from reader to reader.
+func TestPacketConnCloseWakesEveryWaitingReader(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ln := newPipeListener("127.0.0.1:3478")
+		m := newTestMux(t, TCPMuxParams{Listener: ln})
+		const readers = 3
+		results := make(chan error, readers)
+		var first net.PacketConn
+		for i := range readers {
+			pc := getConn(t, m, "many")
+			if i == 0 {
+				first = pc
+			}
+			go func() {
+				_, _, err := pc.ReadFrom(make([]byte, 64))
+				results <- err
+			}()
+		}
+		synctest.Wait()
+		_, _, waiting := loanOf(first).inspect()
+		require.Equal(t, readers, waiting, "the readers wait")
+		m.RemoveConnByUfrag("many")
+		synctest.Wait()
+		require.Len(t, results, readers, "a ReadFrom still waits on a closed PacketConn")
+		for range readers {
+			require.ErrorIs(t, <-results, net.ErrClosed)
+		}
+	})
+}

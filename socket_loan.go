@@ -114,16 +114,13 @@ func (l *socketLoan) stopWaiting() {
 	l.mu.Unlock()
 }
 
-// giveBack ends h's turn in c's socket. The socket stays on offer for the
-// next reader unless resume is set (it broke or went idle) or c may no
-// longer lend: then c's goroutine reads it again. Only the holder gives
-// back, and while it holds the socket no other can be lent (offer).
+// giveBack ends the holder's turn in c's socket. The socket stays on offer
+// for the next reader unless resume is set (it broke or went idle) or c
+// may no longer lend: then c's goroutine reads it again. Only the holder
+// gives back, and while it holds c's socket no other is lent (offer), so
+// c is still the lent one.
 func (l *socketLoan) giveBack(c *streamConn, resume bool) {
 	l.mu.Lock()
-	if l.state != held || l.lent != c { // cannot happen: offer waits for the holder
-		l.mu.Unlock()
-		return
-	}
 	l.holder = nil
 	if resume || l.mayLend != c {
 		l.endLocked()

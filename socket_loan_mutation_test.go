@@ -243,7 +243,7 @@ func TestLenderQueuesBufferedFramesBeforeLending(t *testing.T) {
 		require.True(t, l.inState(lenderReads))
 		before := m.Stats().PacketsReceived
 
-		require.Nil(t, takeNoRetry(t, l, &packetConnHandle{}), "nothing on offer")         // a reader waits
+		require.Nil(t, takeNoRetry(t, l, &packetConnHandle{}), "nothing on offer")    // a reader waits
 		_, err := client.Write(append(frame([]byte("one")), frame([]byte("two"))...)) // one Read
 		require.NoError(t, err)
 		synctest.Wait()

@@ -160,9 +160,8 @@ func (pc *tcpPacketConn) dieLocked() []*streamConn {
 		pc.expiry = nil
 	}
 	conns := pc.conns
-	pc.conns = nil
-	pc.loan.setMayLend(nil)
-	return conns
+	pc.conns = nil // the loan ends as teardown closes them: a parked lender
+	return conns   // returns on its end, a holder's read fails
 }
 
 func (pc *tcpPacketConn) teardown(conns []*streamConn) {

@@ -3,7 +3,6 @@ package tcpmux
 import (
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,8 +36,8 @@ type tcpPacketConn struct {
 
 	// mu guards what follows (lock order: see Locks in tcpmux.go).
 	mu      sync.Mutex
-	dead    bool          // closing has begun; no handle or connection may join
-	conns   []*streamConn // one per remote address
+	dead    bool    // closing has begun; no handle or connection may join
+	conns   connSet // one per remote address
 	refs    int
 	claimed bool
 	expiry  *time.Timer // unclaimed PacketConns only
@@ -76,7 +75,7 @@ func (pc *tcpPacketConn) acquire(table *admissionTable) bool {
 	pc.refs++
 	if !pc.claimed {
 		pc.claimed = true
-		for _, c := range pc.conns {
+		for _, c := range pc.conns.list {
 			table.claimed(c)
 		}
 		pc.queue.setMaxBytes(pc.mux.params.queueBytes())
@@ -94,8 +93,8 @@ func (pc *tcpPacketConn) acquire(table *admissionTable) bool {
 // unclaimed one must queue what arrives). Called with pc.mu held.
 func (pc *tcpPacketConn) updateMayLendLocked() {
 	var sole *streamConn
-	if pc.refs > 0 && len(pc.conns) == 1 {
-		sole = pc.conns[0]
+	if pc.refs > 0 && pc.conns.len() == 1 {
+		sole = pc.conns.list[0]
 	}
 	pc.loan.setMayLend(sole)
 }
@@ -159,9 +158,9 @@ func (pc *tcpPacketConn) dieLocked() []*streamConn {
 		pc.expiry.Stop()
 		pc.expiry = nil
 	}
-	conns := pc.conns
-	pc.conns = nil // the loan ends as teardown closes them: a parked lender
-	return conns   // returns on its end, a holder's read fails
+	// The loan ends as teardown closes them: a parked lender returns on its
+	// end, a holder's read fails.
+	return pc.conns.take()
 }
 
 func (pc *tcpPacketConn) teardown(conns []*streamConn) {
@@ -183,10 +182,10 @@ func (pc *tcpPacketConn) addConn(c *streamConn) (dead, duplicate, claimed bool) 
 	if pc.dead {
 		return true, false, false
 	}
-	if pc.indexLocked(c.remoteAP) >= 0 {
+	if pc.conns.find(c.remoteAP) >= 0 {
 		return false, true, false
 	}
-	pc.conns = append(pc.conns, c)
+	pc.conns.add(c)
 	c.pc = pc
 	pc.updateMayLendLocked()
 	return false, false, pc.claimed
@@ -197,13 +196,13 @@ func (pc *tcpPacketConn) addConn(c *streamConn) (dead, duplicate, claimed bool) 
 // could answer its packets.
 func (pc *tcpPacketConn) removeConn(c *streamConn) {
 	pc.mu.Lock()
-	i := pc.indexLocked(c.remoteAP)
-	if i < 0 || pc.conns[i] != c {
+	i := pc.conns.find(c.remoteAP)
+	if i < 0 || pc.conns.list[i] != c {
 		pc.mu.Unlock()
 		return
 	}
-	pc.conns = slices.Delete(pc.conns, i, i+1)
-	if len(pc.conns) > 0 || pc.claimed || pc.dead {
+	pc.conns.remove(i)
+	if pc.conns.len() > 0 || pc.claimed || pc.dead {
 		pc.updateMayLendLocked()
 		pc.mu.Unlock()
 		pc.mux.forgetConn(c)
@@ -219,28 +218,16 @@ func (pc *tcpPacketConn) removeConn(c *streamConn) {
 func (pc *tcpPacketConn) connCount() int {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	return len(pc.conns)
+	return pc.conns.len()
 }
 
 func (pc *tcpPacketConn) lookup(addr netip.AddrPort) *streamConn {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	if i := pc.indexLocked(addr); i >= 0 {
-		return pc.conns[i]
+	if i := pc.conns.find(addr); i >= 0 {
+		return pc.conns.list[i]
 	}
 	return nil
-}
-
-// indexLocked is the position of the connection from addr in conns, or -1.
-// A scan: a PacketConn has one connection or a few (one per candidate pair
-// of its agent), and a slice costs a session less than a map.
-func (pc *tcpPacketConn) indexLocked(addr netip.AddrPort) int {
-	for i, c := range pc.conns {
-		if c.remoteAP == addr {
-			return i
-		}
-	}
-	return -1
 }
 
 // deliver queues a packet from c, waiting while the queue is full. It
@@ -285,7 +272,7 @@ func (pc *tcpPacketConn) isClosing() bool { return pc.closing.Load() }
 func (pc *tcpPacketConn) moveWriteDeadline(h *packetConnHandle, t time.Time) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	for _, c := range pc.conns {
+	for _, c := range pc.conns.list {
 		c.moveWriteDeadline(h, t)
 	}
 }

@@ -27,14 +27,21 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"slices"
 	"strings"
+	"syscall"
 )
+
+// interrupted is cancelled by SIGINT or SIGTERM: the test run in progress
+// is killed and the mutated file restored before the harness exits.
+var interrupted context.Context
 
 type mutation struct {
 	id, file, fn, what string
@@ -141,6 +148,9 @@ func main() {
 	run := flag.String("run", "", "go test -run (default: every test)")
 	dry := flag.Bool("dry", false, "only check that each mutation applies and builds")
 	flag.Parse()
+	var stop context.CancelFunc
+	interrupted, stop = signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 
 	if *list {
 		for _, m := range mutations {
@@ -203,7 +213,7 @@ func check(m mutation, race, dry bool, timeout, run string) (failed []string, er
 		}
 	}()
 	if dry {
-		out, err := exec.Command("go", "vet", ".").CombinedOutput()
+		out, err := exec.CommandContext(interrupted, "go", "vet", ".").CombinedOutput()
 		if err != nil {
 			return nil, fmt.Errorf("mutant does not build: %s", out)
 		}
@@ -271,10 +281,16 @@ func goTest(timeout, run string, skip []string, race bool) (failed, hung []strin
 	if len(skip) > 0 {
 		args = append(args, "-skip", "^("+strings.Join(skip, "|")+")$")
 	}
-	cmd := exec.Command("go", append(args, ".")...)
+	cmd := exec.CommandContext(interrupted, "go", append(args, ".")...)
+	// go test runs the test binary as its child: kill both.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, runErr := cmd.Output()
+	if interrupted.Err() != nil {
+		return nil, nil, fmt.Errorf("interrupted")
+	}
 
 	add := func(list *[]string, s string) {
 		if !slices.Contains(*list, s) {

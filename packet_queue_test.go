@@ -4,6 +4,7 @@ import (
 	"net"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/pion/stun/v3"
 	"github.com/stretchr/testify/require"
@@ -36,7 +37,11 @@ func TestQueuePushPassesWritableToken(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, ok)
 	}
-	<-q.writable // A is woken...
+	select { // A is woken...
+	case <-q.writable:
+	default:
+		t.Fatal("a pop wakes no blocked pusher")
+	}
 	ok, _, _, err := q.push(nil, []byte("a"), &trafficCount{}, true)
 	require.NoError(t, err)
 	require.True(t, ok)
@@ -128,6 +133,16 @@ func TestReaderLeavingPassesWakeUp(t *testing.T) {
 	})
 }
 
+// boundPipe bounds every Read and Write on a pipe client to a second of a
+// synctest bubble's fake time. A mux left looping on its timers (a mutant
+// whose lender offers its socket over and over to readers never woken)
+// keeps the clock moving, so a pipe blocked forever would hang the test
+// instead of failing it.
+func boundPipe(t *testing.T, client net.Conn) {
+	t.Helper()
+	require.NoError(t, client.SetDeadline(time.Now().Add(time.Second)))
+}
+
 // unclaimedPipe is a mux over net.Pipe, for a synctest bubble, with one
 // connection whose first frame, first, created an unclaimed PacketConn.
 func unclaimedPipe(t *testing.T, params TCPMuxParams, first []byte) (*TCPMuxDefault, net.Conn) {
@@ -136,6 +151,7 @@ func unclaimedPipe(t *testing.T, params TCPMuxParams, first []byte) (*TCPMuxDefa
 	params.Listener = ln
 	m := newTestMux(t, params)
 	client := ln.dial(t, "127.0.0.1:3478", "127.0.0.1:40000")
+	boundPipe(t, client)
 	writeFrames(t, client, string(first))
 	return m, client
 }

@@ -105,6 +105,7 @@ func readerInPipeSocket(t *testing.T, pc net.PacketConn, client net.Conn) <-chan
 func TestSweeperLeavesHeldSocket(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pc, client, _ := pipePair(t)
+		boundPipe(t, client)
 		l := loanOf(pc)
 		require.NoError(t, pc.SetReadDeadline(time.Time{}))
 		pending := readerInPipeSocket(t, pc, client)
@@ -114,7 +115,7 @@ func TestSweeperLeavesHeldSocket(t *testing.T) {
 		require.True(t, l.inState(held), "the sweeper took a socket a reader is in")
 
 		writeFrames(t, client, "direct")
-		r := <-pending
+		r := awaitReadResult(t, pending, time.Second)
 		require.NoError(t, r.err)
 		require.Equal(t, len("direct"), r.n)
 	})
@@ -151,6 +152,7 @@ func TestDirectReadErrorEndsConnection(t *testing.T) {
 			local:  net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:3478")),
 			remote: net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:40000")),
 		}
+		boundPipe(t, client)
 		writeFrames(t, client, string(bindingRequest(t, "pipe")))
 		readPacket(t, pc)
 		require.NoError(t, pc.SetReadDeadline(time.Time{}))
@@ -165,7 +167,7 @@ func TestDirectReadErrorEndsConnection(t *testing.T) {
 		require.ErrorIs(t, err, io.EOF, "the broken connection is not closed")
 
 		require.NoError(t, pc.Close())
-		require.ErrorIs(t, (<-pending).err, net.ErrClosed)
+		require.ErrorIs(t, awaitReadResult(t, pending, time.Second).err, net.ErrClosed)
 	})
 }
 
@@ -234,6 +236,7 @@ func TestDirectIdleCheckParksIdleConnection(t *testing.T) {
 func TestLenderQueuesBufferedFramesBeforeLending(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pc, client, _ := pipePair(t)
+		boundPipe(t, client)
 		m := pc.(*packetConnHandle).pc.mux
 		l := loanOf(pc)
 		writeFrames(t, client, "warm-up") // the connection reads with a buffer now
@@ -249,5 +252,49 @@ func TestLenderQueuesBufferedFramesBeforeLending(t *testing.T) {
 		synctest.Wait()
 		require.True(t, l.inState(offered), "the connection lends its socket to the waiting reader")
 		require.Equal(t, before+2, m.Stats().PacketsReceived, "a frame already read waits in the lent buffer")
+	})
+}
+
+// A PacketConn with two connections lends neither socket: a reader in one
+// would miss the other's packets. Three readers wait for two packets, one
+// on each connection, so that a reader still waits whenever a connection
+// could offer.
+func TestTwoConnectionsLendNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ln := newPipeListener("127.0.0.1:3478")
+		m := newTestMux(t, TCPMuxParams{Listener: ln})
+		pc := getConn(t, m, "pipe")
+		var clients []net.Conn
+		for _, remote := range []string{"127.0.0.1:40000", "127.0.0.1:40001"} {
+			client := ln.dial(t, "127.0.0.1:3478", remote)
+			boundPipe(t, client)
+			writeFrames(t, client, string(bindingRequest(t, "pipe")))
+			readPacket(t, pc)
+			clients = append(clients, client)
+		}
+		require.NoError(t, pc.SetReadDeadline(time.Time{}))
+		l := loanOf(pc)
+		uses := l.useCount()
+
+		var readers []<-chan pcReadResult
+		for range 3 {
+			readers = append(readers, startReader(pc, 1500))
+		}
+		synctest.Wait()
+		writeFrames(t, clients[0], "first")
+		writeFrames(t, clients[1], "second")
+		synctest.Wait()
+		require.Equal(t, uses, l.useCount(), "a connection of two lent its socket")
+		require.True(t, l.inState(lenderReads))
+		got := map[string]bool{}
+		for _, r := range readers {
+			select {
+			case res := <-r:
+				require.NoError(t, res.err)
+				got[res.addr.String()] = true
+			default:
+			}
+		}
+		require.Equal(t, map[string]bool{"127.0.0.1:40000": true, "127.0.0.1:40001": true}, got)
 	})
 }

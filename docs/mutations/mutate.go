@@ -11,26 +11,35 @@
 //	go run docs/mutations/mutate.go -only L1,Q2     # some of them
 //	go run docs/mutations/mutate.go -race=false     # skip the -race rerun
 //	go run docs/mutations/mutate.go -list           # print the mutations
+//	go run docs/mutations/mutate.go -dry            # check they apply and build
 //
 // For each mutation it checks that the file is unmodified in git, applies
 // the change (an exact text replacement, which must match exactly once),
-// runs `go test -count=1 -timeout 180s -json .`, then, if no test failed
-// and -race is set, the same with -race; finally it restores the file with
-// `git checkout -- file`. It prints one line per mutation with the tests
+// runs `go test -count=1 -timeout 120s -json .`, then, if no test failed
+// and -race is set, the same with -race; a test that hangs is reported
+// and skipped in a rerun, so the tests after it still run. Finally it
+// restores the file with `git checkout -- file`. It prints one line per mutation with the tests
 // that failed (a survivor has none) and exits 1 if any mutant survived.
 package main
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"slices"
 	"strings"
+	"syscall"
 )
+
+// interrupted is cancelled by SIGINT or SIGTERM: the test run in progress
+// is killed and the mutated file restored before the harness exits.
+var interrupted context.Context
 
 type mutation struct {
 	id, file, fn, what string
@@ -131,10 +140,13 @@ func main() {
 	only := flag.String("only", "", "comma-separated mutation ids (default: all)")
 	race := flag.Bool("race", true, "rerun a survivor's tests with -race")
 	list := flag.Bool("list", false, "print the mutations and exit")
-	timeout := flag.String("timeout", "180s", "go test -timeout")
+	timeout := flag.String("timeout", "120s", "go test -timeout")
 	run := flag.String("run", "", "go test -run (default: every test)")
 	dry := flag.Bool("dry", false, "only check that each mutation applies and builds")
 	flag.Parse()
+	var stop context.CancelFunc
+	interrupted, stop = signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 
 	if *list {
 		for _, m := range mutations {
@@ -157,13 +169,14 @@ func main() {
 			os.Exit(2)
 		}
 		verdict := "KILLED"
-		if *dry {
+		switch {
+		case *dry:
 			verdict = "APPLIES"
-		} else if len(failed) == 0 {
+		case len(failed) == 0:
 			verdict = "SURVIVED"
 			survivors++
 		}
-		fmt.Printf("%-4s %-8s %s.%s: %s | %s\n", m.id, verdict, m.file, m.fn, m.what, strings.Join(failed, ", "))
+		fmt.Printf("%-4s %-10s %s.%s: %s | %s\n", m.id, verdict, m.file, m.fn, m.what, strings.Join(failed, ", "))
 	}
 	if survivors > 0 {
 		os.Exit(1)
@@ -193,21 +206,52 @@ func check(m mutation, race, dry bool, timeout, run string) (failed []string, er
 		}
 	}()
 	if dry {
-		out, err := exec.Command("go", "vet", ".").CombinedOutput()
+		out, err := exec.CommandContext(interrupted, "go", "vet", ".").CombinedOutput()
 		if err != nil {
 			return nil, fmt.Errorf("mutant does not build: %s", out)
 		}
 		return nil, nil
 	}
-	failed, err = goTest(timeout, run, false)
+	failed, err = goTestSkippingHangs(timeout, run, false)
 	if err == nil && len(failed) == 0 && race {
 		var raced []string
-		raced, err = goTest(timeout, run, true)
+		raced, err = goTestSkippingHangs(timeout, run, true)
 		for _, f := range raced {
 			failed = append(failed, f+" (-race)")
 		}
 	}
 	return failed, err
+}
+
+// maxHangs is how many times goTestSkippingHangs reruns the tests after a
+// timeout.
+const maxHangs = 3
+
+// goTestSkippingHangs runs the tests and, when one hangs (the binary then
+// dies at -timeout, and the tests after it never run), runs them again
+// without it, so that the table shows which tests fail with a message
+// besides the hang.
+func goTestSkippingHangs(timeout, run string, race bool) ([]string, error) {
+	var failed, skip []string
+	for range maxHangs + 1 {
+		f, hung, err := goTest(timeout, run, skip, race)
+		if err != nil {
+			return nil, err
+		}
+		for _, name := range f {
+			if !slices.Contains(failed, name) {
+				failed = append(failed, name)
+			}
+		}
+		if len(hung) == 0 {
+			break
+		}
+		for _, name := range hung {
+			failed = append(failed, "timeout in "+name)
+		}
+		skip = append(skip, hung...)
+	}
+	return failed, nil
 }
 
 func git(args ...string) error {
@@ -216,10 +260,10 @@ func git(args ...string) error {
 	return cmd.Run()
 }
 
-// goTest runs the package's tests and returns the top-level tests that
-// failed, a timeout (with the tests then running) or a data race. A mutant
-// that does not build is an error, not a kill.
-func goTest(timeout, run string, race bool) ([]string, error) {
+// goTest runs the package's tests but those in skip, and returns the
+// top-level tests that failed (or "data race"), and those running when the
+// binary timed out. A mutant that does not build is an error, not a kill.
+func goTest(timeout, run string, skip []string, race bool) (failed, hung []string, err error) {
 	args := []string{"test", "-count=1", "-timeout", timeout, "-json"}
 	if race {
 		args = append(args, "-race")
@@ -227,18 +271,26 @@ func goTest(timeout, run string, race bool) ([]string, error) {
 	if run != "" {
 		args = append(args, "-run", run)
 	}
-	cmd := exec.Command("go", append(args, ".")...)
+	if len(skip) > 0 {
+		args = append(args, "-skip", "^("+strings.Join(skip, "|")+")$")
+	}
+	cmd := exec.CommandContext(interrupted, "go", append(args, ".")...)
+	// go test runs the test binary as its child: kill both.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, runErr := cmd.Output()
+	if interrupted.Err() != nil {
+		return nil, nil, fmt.Errorf("interrupted")
+	}
 
-	var failed []string
-	add := func(s string) {
-		if !slices.Contains(failed, s) {
-			failed = append(failed, s)
+	add := func(list *[]string, s string) {
+		if !slices.Contains(*list, s) {
+			*list = append(*list, s)
 		}
 	}
-	timedOut, racy := false, false
+	timedOut, running, racy := false, false, false
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
 	for sc.Scan() {
@@ -246,28 +298,34 @@ func goTest(timeout, run string, race bool) ([]string, error) {
 		if json.Unmarshal(sc.Bytes(), &ev) != nil {
 			continue
 		}
+		if running && !strings.HasPrefix(ev.Output, "\t\t") {
+			running = false
+		}
 		switch {
 		case ev.Action == "build-fail" || strings.Contains(ev.Output, "[build failed]"):
-			return nil, fmt.Errorf("mutant does not build: %s", stderr.String())
+			return nil, nil, fmt.Errorf("mutant does not build: %s", stderr.String())
 		case ev.Action == "fail" && ev.Test != "" && !strings.Contains(ev.Test, "/"):
-			add(ev.Test)
+			add(&failed, ev.Test)
 		case strings.Contains(ev.Output, "panic: test timed out"):
 			timedOut = true
+		case timedOut && strings.Contains(ev.Output, "running tests:"):
+			running = true
+		case running:
+			name, _, _ := strings.Cut(strings.Fields(ev.Output)[0], "/")
+			add(&hung, name)
 		case strings.Contains(ev.Output, "WARNING: DATA RACE"):
 			racy = true
-		case timedOut && strings.HasPrefix(ev.Output, "\t") && strings.Contains(ev.Output, "Test"):
-			add("timeout in " + strings.Fields(ev.Output)[0])
 		}
 	}
 	if racy {
-		add("data race")
+		add(&failed, "data race")
 	}
-	if runErr != nil && len(failed) == 0 {
+	if runErr != nil && len(failed) == 0 && len(hung) == 0 {
 		msg := strings.TrimSpace(stderr.String())
 		if i := strings.IndexByte(msg, '\n'); i >= 0 {
 			msg = msg[:i]
 		}
-		return nil, fmt.Errorf("go test failed with no failed test: %v %s", runErr, msg)
+		return nil, nil, fmt.Errorf("go test failed with no failed test: %v %s", runErr, msg)
 	}
-	return failed, nil
+	return failed, hung, nil
 }

@@ -105,7 +105,7 @@ var mutations = []mutation{
 	{"L15", "conn_reader.go", "awaitLoanEnd", "the loan is not put under the sweeper's watch",
 		"\tc.mux.watchLoan(&c.pc.loan)\n", ""},
 	{"L16", "tcp_packet_conn.go", "updateMayLendLocked", "lends with several connections",
-		"len(pc.conns) == 1", "len(pc.conns) >= 1"},
+		"pc.conns.len() == 1", "pc.conns.len() >= 1"},
 
 	// Reading the socket (conn_reader.go, packet_conn_handle.go).
 	{"R1", "conn_reader.go", "readDirect", "direct reads not counted in Stats",

@@ -34,34 +34,44 @@ func (c *streamConn) writeSync(p []byte, h *packetConnHandle) (int, error) {
 	return n, err
 }
 
-// own makes h the writer whose deadline the socket carries.
-func (c *streamConn) own(h *packetConnHandle) (deadline time.Time, err error) {
+// own makes h the writer whose deadline the socket carries, and returns
+// that deadline. A write with no deadline, on a socket that carries none,
+// takes no lock. That is safe because each side stores before it loads
+// what the other stores (sequentially consistent atomics): if h's deadline
+// is being set meanwhile, the setter sees h as owner and applies it
+// (moveWriteDeadline); if another handle's is being applied, this writer
+// sees wdlSet and waits for dlmu, then puts its own back.
+func (c *streamConn) own(h *packetConnHandle) (time.Time, error) {
+	c.owner.Store(h)
+	if !h.writeDeadline.armed.Load() && !c.wdlSet.Load() {
+		return time.Time{}, nil
+	}
 	c.dlmu.Lock()
 	defer c.dlmu.Unlock()
-	c.owner = h
-	deadline = h.writeDeadline.time()
-	if !deadline.Equal(c.wdl) {
-		err = c.conn.SetWriteDeadline(deadline)
-		c.wdl = deadline
+	deadline := h.writeDeadline.time()
+	if deadline.Equal(c.wdl) {
+		return deadline, nil
 	}
+	c.wdlSet.Store(true) // before the socket may carry it: see own
+	err := c.conn.SetWriteDeadline(deadline)
+	c.wdl = deadline
+	c.wdlSet.Store(!deadline.IsZero())
 	return deadline, err
 }
 
-func (c *streamConn) disown() {
-	c.dlmu.Lock()
-	c.owner = nil
-	c.dlmu.Unlock()
-}
+func (c *streamConn) disown() { c.owner.Store(nil) }
 
 // moveWriteDeadline applies h's new write deadline to the write h has in
 // progress on this connection, if any.
 func (c *streamConn) moveWriteDeadline(h *packetConnHandle, t time.Time) {
 	c.dlmu.Lock()
 	defer c.dlmu.Unlock()
-	if c.owner == h {
+	c.wdlSet.Store(true) // before looking at the owner: see own
+	if c.owner.Load() == h {
 		_ = c.conn.SetWriteDeadline(t)
 		c.wdl = t
 	}
+	c.wdlSet.Store(!c.wdl.IsZero())
 }
 
 // writeLocked writes one frame while holding wsem. A timeout before any

@@ -52,10 +52,13 @@ type streamConn struct {
 	iov  [2][]byte
 	vec  net.Buffers
 	// The socket's write deadline is the deadline of the handle writing
-	// now (owner), so that handles keep deadlines of their own.
-	dlmu  sync.Mutex
-	owner *packetConnHandle
-	wdl   time.Time // the write deadline last set on conn
+	// now (owner), so that handles keep deadlines of their own. dlmu
+	// guards wdl; a write with no deadline takes it only if wdlSet (see
+	// own in conn_writer.go).
+	owner  atomic.Pointer[packetConnHandle] // the handle writing now; stored by the writer, holding wsem
+	dlmu   sync.Mutex
+	wdl    time.Time   // the write deadline last set on conn
+	wdlSet atomic.Bool // wdl may not be zero; stored under dlmu
 
 	bw *bufferedWriter // WriteBufferSize > 0 only (conn_buffered_writer.go)
 }

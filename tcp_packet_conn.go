@@ -28,6 +28,11 @@ type tcpPacketConn struct {
 	loan      socketLoan
 	closing   atomic.Bool // set when the PacketConn begins to close
 
+	// sole is the PacketConn's connection while it has exactly one (the
+	// common case: one ICE candidate pair), so that WriteTo finds it
+	// without taking mu. Written under mu.
+	sole atomic.Pointer[streamConn]
+
 	// readable carries one wake-up token for readers blocked in ReadFrom:
 	// a packet was queued into an empty queue, or the socket was offered.
 	// A reader that waited passes it on when it leaves (passReadable), so
@@ -84,17 +89,22 @@ func (pc *tcpPacketConn) acquire(table *admissionTable) bool {
 		pc.expiry.Stop()
 		pc.expiry = nil
 	}
-	pc.updateMayLendLocked()
+	pc.connsChangedLocked()
 	return true
 }
 
-// updateMayLendLocked lets the PacketConn's connection lend its socket to
-// readers while it is the only one and the PacketConn is claimed (an
+// connsChangedLocked updates what follows from the connections and the
+// handles: sole, and the loan's lender. A connection may lend its socket
+// to readers while it is the only one and the PacketConn is claimed (an
 // unclaimed one must queue what arrives). Called with pc.mu held.
-func (pc *tcpPacketConn) updateMayLendLocked() {
+func (pc *tcpPacketConn) connsChangedLocked() {
 	var sole *streamConn
-	if pc.refs > 0 && pc.conns.len() == 1 {
+	if pc.conns.len() == 1 {
 		sole = pc.conns.list[0]
+	}
+	pc.sole.Store(sole)
+	if pc.refs == 0 {
+		sole = nil
 	}
 	pc.loan.setMayLend(sole)
 }
@@ -160,6 +170,7 @@ func (pc *tcpPacketConn) dieLocked() []*streamConn {
 	}
 	// The loan ends as teardown closes them: a parked lender returns on its
 	// end, a holder's read fails.
+	pc.sole.Store(nil) // handles outlive a dead PacketConn: they pin no connection
 	return pc.conns.take()
 }
 
@@ -187,7 +198,7 @@ func (pc *tcpPacketConn) addConn(c *streamConn) (dead, duplicate, claimed bool) 
 	}
 	pc.conns.add(c)
 	c.pc = pc
-	pc.updateMayLendLocked()
+	pc.connsChangedLocked()
 	return false, false, pc.claimed
 }
 
@@ -203,7 +214,7 @@ func (pc *tcpPacketConn) removeConn(c *streamConn) {
 	}
 	pc.conns.remove(i)
 	if pc.conns.len() > 0 || pc.claimed || pc.dead {
-		pc.updateMayLendLocked()
+		pc.connsChangedLocked()
 		pc.mu.Unlock()
 		pc.mux.forgetConn(c)
 		return
@@ -221,7 +232,11 @@ func (pc *tcpPacketConn) connCount() int {
 	return pc.conns.len()
 }
 
+// lookup finds the connection from addr, for WriteTo.
 func (pc *tcpPacketConn) lookup(addr netip.AddrPort) *streamConn {
+	if c := pc.sole.Load(); c != nil && c.remoteAP == addr {
+		return c
+	}
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	if i := pc.conns.find(addr); i >= 0 {

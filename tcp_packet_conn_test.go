@@ -1687,3 +1687,53 @@ func TestWriteRingWrapsInOrder(t *testing.T) {
 	}
 	require.Equal(t, want, sent)
 }
+
+// A write with no deadline is never cut short by another handle's deadline
+// moving at the same moment: the deadline is applied only while its own
+// handle writes, even as writes of the two handles alternate on one
+// connection as fast as they can (own and moveWriteDeadline).
+func TestWriteDeadlineNeverReachesAnotherHandlesNextWrite(t *testing.T) {
+	m, h1, client, addr := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	h2, err := m.GetConnByUfrag("pair", false, net.IPv4(127, 0, 0, 1))
+	require.NoError(t, err)
+	defer h2.Close()
+	go func() { _, _ = io.Copy(io.Discard, client) }()
+
+	const rounds = 20000
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(2)
+	go func() { // h2 writes with a deadline that keeps passing and coming back
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = h2.WriteTo([]byte("h2"), addr)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		far := time.Now().Add(time.Hour)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = h2.SetWriteDeadline(time.Unix(1, 0))
+			_ = h2.SetWriteDeadline(far)
+		}
+	}()
+	for i := range rounds {
+		if _, err := h1.WriteTo([]byte("h1"), addr); err != nil {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("write %d of a handle with no deadline: %v", i, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+}

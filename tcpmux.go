@@ -45,7 +45,8 @@ import (
 //	socketLoan.mu       who reads a lone connection's socket, the readers
 //	                    waiting, and the read deadline of a socket on loan
 //	packetQueue.mu      queued packets, blocked pushers
-//	streamConn.dlmu     which handle's write deadline a socket carries
+//	streamConn.dlmu     the write deadline a socket carries (a write with
+//	                    none skips it: see own in conn_writer.go)
 //	deadline.mu         one handle's read or write deadline
 //
 // Leaves, taken with no other lock held: bufferedWriter.mu (buffered

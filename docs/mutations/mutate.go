@@ -104,7 +104,7 @@ var mutations = []mutation{
 		"signal(l.lent.resume)", "_ = l.lent.resume"},
 	{"L15", "conn_reader.go", "awaitLoanEnd", "the loan is not put under the sweeper's watch",
 		"\tc.mux.watchLoan(&c.pc.loan)\n", ""},
-	{"L16", "tcp_packet_conn.go", "updateMayLendLocked", "lends with several connections",
+	{"L16", "tcp_packet_conn.go", "connsChangedLocked", "lends with several connections",
 		"pc.conns.len() == 1", "pc.conns.len() >= 1"},
 
 	// Reading the socket (conn_reader.go, packet_conn_handle.go).
@@ -130,6 +130,10 @@ var mutations = []mutation{
 		"\tif !d.armed.Load() {\n\t\treturn false\n\t}\n", "\tif true {\n\t\treturn false\n\t}\n"},
 	{"Q8", "packet_queue.go", "pop", "a queue emptied after its connection went quiet keeps its tables",
 		"\t\tif q.idle {\n\t\t\tq.releaseLocked()\n\t\t}\n", ""},
+
+	// Writing (conn_writer.go).
+	{"X1", "conn_writer.go", "own", "a write with no deadline ignores the deadline another handle left on the socket",
+		"if !h.writeDeadline.armed.Load() && !c.wdlSet.Load() {", "if !h.writeDeadline.armed.Load() {"},
 
 	// Closing a PacketConn.
 	{"T1", "tcp_packet_conn.go", "teardown", "closing does not wake the waiting readers",

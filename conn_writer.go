@@ -16,21 +16,17 @@ func (c *streamConn) writeFrame(p []byte, h *packetConnHandle) (int, error) {
 	return c.writeSync(p, h)
 }
 
+// writeSync writes p's frame on the caller's goroutine, once no other
+// write is using the connection. The deadline's channel is made only if the
+// write has to wait.
 func (c *streamConn) writeSync(p []byte, h *packetConnHandle) (int, error) {
-	dl := &h.writeDeadline
-	select {
-	case c.wsem <- struct{}{}:
-	default:
-		select {
-		case c.wsem <- struct{}{}:
-		case <-c.done:
-			return 0, ErrConnClosed
-		case <-dl.wait():
-			return 0, os.ErrDeadlineExceeded
+	if !c.wsem.tryAcquire() {
+		if err := c.wsem.acquire(c.done, h.writeDeadline.wait()); err != nil {
+			return 0, err
 		}
 	}
 	n, err := c.writeLocked(p, h)
-	<-c.wsem
+	c.wsem.release()
 	return n, err
 }
 
@@ -146,10 +142,8 @@ func (c *streamConn) writeOnce(p []byte) (int, error) {
 // dropIdleWriteBuffer releases the synchronous write buffer of a
 // connection that went idle, unless a write is in progress.
 func (c *streamConn) dropIdleWriteBuffer() {
-	select {
-	case c.wsem <- struct{}{}:
+	if c.wsem.tryAcquire() {
 		c.wbuf = nil
-		<-c.wsem
-	default:
+		c.wsem.release()
 	}
 }

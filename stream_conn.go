@@ -42,11 +42,12 @@ type streamConn struct {
 	closeOnce sync.Once
 
 	// Synchronous writes (conn_writer.go): wsem serialises whole frames
-	// and guards what follows. A frame is copied with its header into wbuf, so that it is
-	// one Write, except a large one on a TCP socket, written from the
-	// caller's buffer with writev (iov): a plain connection never keeps a
-	// large buffer. An idle connection drops wbuf (awaitData).
-	wsem chan struct{}
+	// and guards the four fields after it. A frame is copied with its
+	// header into wbuf, so that it is one Write, except a large one on a
+	// TCP socket, written from the caller's buffer with writev (iov): a
+	// plain connection never keeps a large buffer. An idle connection
+	// drops wbuf (awaitData).
+	wsem writeSem
 	wbuf []byte
 	hdr  [FrameHeaderSize]byte
 	iov  [2][]byte
@@ -71,7 +72,6 @@ func newStreamConn(m *TCPMuxDefault, conn net.Conn) *streamConn {
 		conn:    conn,
 		traffic: m.stats.nextStripe(),
 		done:    make(chan struct{}),
-		wsem:    make(chan struct{}, 1),
 	}
 	if m.params.WriteBufferSize > 0 {
 		c.bw = &bufferedWriter{queuedWake: make(chan struct{}, 1)}

@@ -95,17 +95,20 @@ func (l *socketLoan) offer(c *streamConn) bool {
 // connection). The caller pops them.
 func (l *socketLoan) takeOrWait(h *packetConnHandle) (c *streamConn, retry bool) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.queue.len() > 0 {
+	switch {
+	case l.queue.len() > 0:
+		l.mu.Unlock()
 		return nil, true
-	}
-	if l.state != offered {
+	case l.state != offered:
 		l.waiting++
+		l.mu.Unlock()
 		return nil, false
 	}
 	l.state, l.holder = held, h
 	l.uses++
-	return l.lent, false
+	c = l.lent
+	l.mu.Unlock() // not deferred: this is once per packet
+	return c, false
 }
 
 func (l *socketLoan) stopWaiting() {

@@ -135,6 +135,11 @@ var mutations = []mutation{
 	{"X1", "conn_writer.go", "own", "a write with no deadline ignores the deadline another handle left on the socket",
 		"if !h.writeDeadline.armed.Load() && !c.wdlSet.Load() {", "if !h.writeDeadline.armed.Load() {"},
 
+	{"X2", "write_sem.go", "release", "a release wakes no waiting writer",
+		"\t\tsignal(*s.wake.Load())", "\t\t_ = s.wake.Load()"},
+	{"X3", "write_sem.go", "acquire", "a waiting writer is not counted",
+		"\ts.waiters.Add(1)\n", ""},
+
 	// Closing a PacketConn.
 	{"T1", "tcp_packet_conn.go", "teardown", "closing does not wake the waiting readers",
 		"\tpc.queue.close()\n\tpc.closing.Store(true)\n\tsignal(pc.readable)", "\tpc.queue.close()\n\tpc.closing.Store(true)"},

@@ -111,19 +111,16 @@ func (c *streamConn) readNothingSinceCheck() bool {
 
 // pastIdleCheck handles the goroutine's read deadline, the idle check: a
 // connection that read nothing for a whole period gives its buffer up until
-// data comes. It reports false if the stream ended.
+// data comes. A timeout before the check is due is a wrapper's own; it
+// waits for data afresh too, which catches a wrapper whose timeout stuck
+// (awaitData). It reports false if the stream ended.
 func (c *streamConn) pastIdleCheck() bool {
-	now := time.Now()
-	switch {
-	case now.Before(c.idleAt): // a wrapper's own timeout: not an idle check
-		c.setReadDeadline(c.idleAt)
-		return true
-	case c.readNothingSinceCheck():
+	if time.Now().Before(c.idleAt) || c.readNothingSinceCheck() {
 		if !c.awaitData() {
 			return false
 		}
 	}
-	c.armIdleCheck(now)
+	c.armIdleCheck(time.Now())
 	return true
 }
 
@@ -132,18 +129,29 @@ func (c *streamConn) pastIdleCheck() bool {
 // of a few bytes with no deadline, so an idle connection costs a parked
 // goroutine and little else. It reports false, having removed the
 // connection, if the stream ended.
+//
+// With no deadline set, only a wrapper can time the Read out, and that is
+// no reason to drop the stream, unless the timeout came at once: then the
+// wrapper's error has stuck (crypto/tls keeps a timeout that is not
+// Temporary, and fails every later Read with it), and reading on would
+// spin.
 func (c *streamConn) awaitData() bool {
 	c.fr.park()
 	c.dropIdleWriteBuffer()
 	c.pc.queue.releaseIfEmpty()
 	c.setReadDeadline(time.Time{})
+	start := time.Now()
 	err := c.fr.fill(FrameHeaderSize)
-	if err == nil || isTimeout(err) { // a timeout with no deadline: a wrapper's own
+	if err == nil || isTimeout(err) && time.Since(start) >= stuckTimeoutBound {
 		return true
 	}
 	c.fail(err)
 	return false
 }
+
+// stuckTimeoutBound is how soon a Read with no deadline must time out for
+// its wrapper's timeout to count as stuck (awaitData).
+const stuckTimeoutBound = time.Millisecond
 
 // setReadDeadline sets the socket's read deadline unless it is set
 // already: the socket reader moves it once per idle check, not per packet.

@@ -140,6 +140,12 @@ var mutations = []mutation{
 	{"X3", "write_sem.go", "acquire", "a waiting writer is not counted",
 		"\ts.waiters.Add(1)\n", ""},
 
+	// A wrapper's timeout that stuck (conn_reader.go).
+	{"S1", "conn_reader.go", "awaitData", "a Read with no deadline that times out at once is not taken as stuck",
+		"isTimeout(err) && time.Since(start) >= stuckTimeoutBound", "isTimeout(err) && start != (time.Time{})"},
+	{"S2", "conn_reader.go", "pastIdleCheck", "a wrapper's own timeout goes straight back to reading",
+		"\tif time.Now().Before(c.idleAt) || c.readNothingSinceCheck() {", "\tif !time.Now().Before(c.idleAt) && c.readNothingSinceCheck() {"},
+
 	// Closing a PacketConn.
 	{"T1", "tcp_packet_conn.go", "teardown", "closing does not wake the waiting readers",
 		"\tpc.queue.close()\n\tpc.closing.Store(true)\n\tsignal(pc.readable)", "\tpc.queue.close()\n\tpc.closing.Store(true)"},

@@ -57,20 +57,11 @@ func (c *stuckConn) Read(b []byte) (int, error) {
 // stuckConn, with a claimed PacketConn that has read the first frame.
 func stuckPair(t *testing.T, delay time.Duration) (net.PacketConn, net.Conn, *stuckConn) {
 	t.Helper()
-	ln := newPipeListener("127.0.0.1:3478")
-	m := newTestMux(t, TCPMuxParams{Listener: ln})
-	pc := getConn(t, m, "pipe")
-	client, server := net.Pipe()
-	t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
-	wrapped := &stuckConn{Conn: server, delay: delay}
-	ln.conns <- &addrConn{
-		Conn:   wrapped,
-		local:  net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:3478")),
-		remote: net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:40000")),
-	}
-	boundPipe(t, client)
-	writeFrames(t, client, string(bindingRequest(t, "pipe")))
-	readPacket(t, pc)
+	var wrapped *stuckConn
+	_, pc, client := wrappedPipePair(t, func(server net.Conn) net.Conn {
+		wrapped = &stuckConn{Conn: server, delay: delay}
+		return wrapped
+	})
 	return pc, client, wrapped
 }
 

@@ -141,20 +141,11 @@ func (c *breakOnceConn) Read(b []byte) (int, error) {
 // its own goroutine would, rather than handing a broken stream back.
 func TestDirectReadErrorEndsConnection(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		ln := newPipeListener("127.0.0.1:3478")
-		m := newTestMux(t, TCPMuxParams{Listener: ln})
-		pc := getConn(t, m, "pipe")
-		client, server := net.Pipe()
-		t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
-		breaking := &breakOnceConn{Conn: server}
-		ln.conns <- &addrConn{
-			Conn:   breaking,
-			local:  net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:3478")),
-			remote: net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:40000")),
-		}
-		boundPipe(t, client)
-		writeFrames(t, client, string(bindingRequest(t, "pipe")))
-		readPacket(t, pc)
+		var breaking *breakOnceConn
+		m, pc, client := wrappedPipePair(t, func(server net.Conn) net.Conn {
+			breaking = &breakOnceConn{Conn: server}
+			return breaking
+		})
 		require.NoError(t, pc.SetReadDeadline(time.Time{}))
 		pending := readerInPipeSocket(t, pc, client)
 

@@ -477,6 +477,26 @@ func pipePair(t *testing.T) (net.PacketConn, net.Conn, *streamConn) {
 	return pc, client, c
 }
 
+// wrappedPipePair is pipePair with the mux's side of the connection
+// wrapped by wrap: a faulty wrapper under test.
+func wrappedPipePair(t *testing.T, wrap func(net.Conn) net.Conn) (*TCPMuxDefault, net.PacketConn, net.Conn) {
+	t.Helper()
+	ln := newPipeListener("127.0.0.1:3478")
+	m := newTestMux(t, TCPMuxParams{Listener: ln})
+	pc := getConn(t, m, "pipe")
+	client, server := net.Pipe()
+	t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+	ln.conns <- &addrConn{
+		Conn:   wrap(server),
+		local:  net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:3478")),
+		remote: net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:40000")),
+	}
+	boundPipe(t, client)
+	writeFrames(t, client, string(bindingRequest(t, "pipe")))
+	readPacket(t, pc)
+	return m, pc, client
+}
+
 // writeFrames writes each payload as one frame.
 func writeFrames(t *testing.T, conn net.Conn, payloads ...string) {
 	t.Helper()

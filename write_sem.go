@@ -6,21 +6,26 @@ import (
 )
 
 // writeSem lets one synchronous write at a time use a connection, so that
-// frames never interleave. A writer that finds it taken waits for a wake-up
-// together with its own deadline and the connection's end: a write stuck
-// on a stalled peer holds no other writer past that writer's deadline,
-// which a mutex could not give.
+// frames never interleave, and makes writers take turns: a release while
+// writers wait hands the semaphore to the one that waited longest, so a
+// writer sending back to back cannot starve another. A writer that waits
+// does so together with its own deadline and the connection's end: a write
+// stuck on a stalled peer holds no other writer past that writer's
+// deadline, which a mutex could not give.
 //
 // Uncontended, taking and releasing it costs three atomic operations (a
 // channel used as a semaphore cost four runtime lock pairs, 2.5% of the
-// server's CPU in sync egress of 64-byte frames). Release leaves a token on
-// wake whenever writers wait; a woken writer retries, so a token that finds
-// the semaphore taken again is harmless, and one is enough however many
-// wait. Neither side can miss the other: a waiter counts itself before it
-// tries, release frees before it looks for waiters (sequentially
-// consistent atomics).
+// server's CPU in sync egress of 64-byte frames).
+//
+// The hand-over is a token on wake, sent while taken stays true: whoever
+// receives it owns the semaphore. Neither side can miss the other: a
+// waiter counts itself before it tries again, and a release that found
+// nobody waiting frees the semaphore before it looks again (sequentially
+// consistent atomics). A token sent to a waiter that gave up meanwhile
+// stays on wake for the next writer, who waits for it since taken stays
+// true: it is never lost.
 type writeSem struct {
-	taken   atomic.Bool
+	taken   atomic.Bool // owned, or being handed over
 	waiters atomic.Int32
 	wake    atomic.Pointer[chan struct{}] // capacity 1; made by the first writer that waits
 }
@@ -36,22 +41,31 @@ func (s *writeSem) acquire(done, expired <-chan struct{}) error {
 	}
 	wake := s.wakeChan()
 	s.waiters.Add(1)
-	defer s.waiters.Add(-1)
-	for !s.tryAcquire() {
-		select {
-		case <-wake:
-		case <-done:
-			return ErrConnClosed
-		case <-expired:
-			return os.ErrDeadlineExceeded
-		}
+	if s.tryAcquire() { // released before this writer counted
+		s.waiters.Add(-1)
+		return nil
 	}
-	return nil
+	var err error
+	select {
+	case <-wake:
+		s.waiters.Add(-1)
+		return nil
+	case <-done:
+		err = ErrConnClosed
+	case <-expired:
+		err = os.ErrDeadlineExceeded
+	}
+	s.waiters.Add(-1)
+	return err
 }
 
 func (s *writeSem) release() {
-	s.taken.Store(false)
 	if s.waiters.Load() > 0 {
+		signal(*s.wake.Load())
+		return
+	}
+	s.taken.Store(false)
+	if s.waiters.Load() > 0 && s.tryAcquire() { // one came meanwhile
 		signal(*s.wake.Load())
 	}
 }

@@ -135,8 +135,8 @@ var mutations = []mutation{
 	{"X1", "conn_writer.go", "own", "a write with no deadline ignores the deadline another handle left on the socket",
 		"if !h.writeDeadline.armed.Load() && !c.wdlSet.Load() {", "if !h.writeDeadline.armed.Load() {"},
 
-	{"X2", "write_sem.go", "release", "a release wakes no waiting writer",
-		"\t\tsignal(*s.wake.Load())", "\t\t_ = s.wake.Load()"},
+	{"X2", "write_sem.go", "release", "a release frees the semaphore instead of handing it to a waiting writer",
+		"\tif s.waiters.Load() > 0 {\n\t\tsignal(*s.wake.Load())\n\t\treturn\n\t}\n", ""},
 	{"X3", "write_sem.go", "acquire", "a waiting writer is not counted",
 		"\ts.waiters.Add(1)\n", ""},
 

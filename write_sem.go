@@ -17,13 +17,12 @@ import (
 // channel used as a semaphore cost four runtime lock pairs, 2.5% of the
 // server's CPU in sync egress of 64-byte frames).
 //
-// The hand-over is a token on wake, sent while taken stays true: whoever
-// receives it owns the semaphore. Neither side can miss the other: a
-// waiter counts itself before it tries again, and a release that found
-// nobody waiting frees the semaphore before it looks again (sequentially
-// consistent atomics). A token sent to a waiter that gave up meanwhile
-// stays on wake for the next writer, who waits for it since taken stays
-// true: it is never lost.
+// The hand-over is a token on wake, sent with taken set: whoever receives
+// it owns the semaphore. Neither side can miss the other: a waiter counts
+// itself before it tries again, and a release frees the semaphore before
+// it looks for waiters (sequentially consistent atomics). A token sent to
+// a waiter that gave up meanwhile stays on wake for the next writer, who
+// waits for it since taken stays set: it is never lost.
 type writeSem struct {
 	taken   atomic.Bool // owned, or being handed over
 	waiters atomic.Int32
@@ -59,13 +58,12 @@ func (s *writeSem) acquire(done, expired <-chan struct{}) error {
 	return err
 }
 
+// release frees the semaphore, then hands it to a waiting writer if there
+// is one: the writer that released cannot take it back first (only a
+// writer arriving in between could).
 func (s *writeSem) release() {
-	if s.waiters.Load() > 0 {
-		signal(*s.wake.Load())
-		return
-	}
 	s.taken.Store(false)
-	if s.waiters.Load() > 0 && s.tryAcquire() { // one came meanwhile
+	if s.waiters.Load() > 0 && s.tryAcquire() {
 		signal(*s.wake.Load())
 	}
 }

@@ -135,8 +135,8 @@ var mutations = []mutation{
 	{"X1", "conn_writer.go", "own", "a write with no deadline ignores the deadline another handle left on the socket",
 		"if !h.writeDeadline.armed.Load() && !c.wdlSet.Load() {", "if !h.writeDeadline.armed.Load() {"},
 
-	{"X2", "write_sem.go", "release", "a release frees the semaphore instead of handing it to a waiting writer",
-		"\tif s.waiters.Load() > 0 {\n\t\tsignal(*s.wake.Load())\n\t\treturn\n\t}\n", ""},
+	{"X2", "write_sem.go", "release", "a release frees the semaphore without handing it to a waiting writer",
+		"\tif s.waiters.Load() > 0 && s.tryAcquire() {\n\t\tsignal(*s.wake.Load())\n\t}\n", ""},
 	{"X3", "write_sem.go", "acquire", "a waiting writer is not counted",
 		"\ts.waiters.Add(1)\n", ""},
 

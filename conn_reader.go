@@ -181,12 +181,13 @@ var (
 // read (closed, deadline), it returns errLoanEnded or errLoanIdle: then h
 // gives the socket back and waits like any reader.
 func (c *streamConn) readDirect(h *packetConnHandle, b []byte) (int, error) {
+	timedOut := false
 	for {
 		if !c.fr.hasFrame() {
 			if c.fr.parked {
 				return 0, errLoanIdle
 			}
-			if err := c.pc.loan.armRead(c, h); err != nil {
+			if err := c.pc.loan.armRead(c, h, timedOut); err != nil {
 				return 0, err
 			}
 		}
@@ -203,6 +204,7 @@ func (c *streamConn) readDirect(h *packetConnHandle, b []byte) (int, error) {
 			return 0, errLoanEnded
 		}
 		c.directIdleCheck()
+		timedOut = true
 	}
 }
 

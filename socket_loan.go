@@ -186,7 +186,14 @@ func (l *socketLoan) interrupt(h *packetConnHandle) {
 // handle closed, its deadline passed, or c may no longer lend. Under mu, so
 // that an interruption either comes after it or finds what it reacts to
 // already visible.
-func (l *socketLoan) armRead(c *streamConn, h *packetConnHandle) error {
+//
+// After a read that timed out, a deadline still ahead means that neither
+// it nor an interruption (which moves it into the past) was the cause: the
+// timeout was a wrapper's own, perhaps one that stuck and fails every Read
+// at once. The reader then parks c's buffer and gives the socket back
+// (errLoanIdle), and c's goroutine, waiting for data afresh, tells the two
+// apart (awaitData).
+func (l *socketLoan) armRead(c *streamConn, h *packetConnHandle, afterTimeout bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := h.readErr(); err != nil {
@@ -194,6 +201,10 @@ func (l *socketLoan) armRead(c *streamConn, h *packetConnHandle) error {
 	}
 	if l.mayLend != c {
 		return errLoanEnded
+	}
+	if afterTimeout && time.Now().Before(c.rdl) {
+		c.fr.park()
+		return errLoanIdle
 	}
 	at := c.idleAt
 	if d := h.readDeadline.time(); !d.IsZero() {

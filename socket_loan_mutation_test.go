@@ -68,9 +68,9 @@ func TestLoanArmReadRefusesPassedDeadline(t *testing.T) {
 	h := &packetConnHandle{pc: pc}
 	h.readDeadline.at = time.Now().Add(-time.Millisecond) // passed; no timer has fired
 	require.False(t, h.readDeadline.exceeded())
-	require.ErrorIs(t, pc.loan.armRead(c, h), os.ErrDeadlineExceeded)
+	require.ErrorIs(t, pc.loan.armRead(c, h, false), os.ErrDeadlineExceeded)
 	h.readDeadline.at = time.Now().Add(time.Hour)
-	require.NoError(t, pc.loan.armRead(c, h))
+	require.NoError(t, pc.loan.armRead(c, h, false))
 }
 
 // readerInPipeSocket, in a synctest bubble, starts a ReadFrom on pc that

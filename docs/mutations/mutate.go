@@ -146,6 +146,9 @@ var mutations = []mutation{
 	{"S2", "conn_reader.go", "pastIdleCheck", "a wrapper's own timeout goes straight back to reading",
 		"\tif time.Now().Before(c.idleAt) || c.readNothingSinceCheck() {", "\tif !time.Now().Before(c.idleAt) && c.readNothingSinceCheck() {"},
 
+	{"S3", "socket_loan.go", "armRead", "a holder reads on after a timeout nothing of ours caused",
+		"\tif afterTimeout && time.Now().Before(c.rdl) {\n\t\tc.fr.park()\n\t\treturn errLoanIdle\n\t}\n", "\t_ = afterTimeout\n"},
+
 	// Closing a PacketConn.
 	{"T1", "tcp_packet_conn.go", "teardown", "closing does not wake the waiting readers",
 		"\tpc.queue.close()\n\tpc.closing.Store(true)\n\tsignal(pc.readable)", "\tpc.queue.close()\n\tpc.closing.Store(true)"},

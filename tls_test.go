@@ -3,10 +3,12 @@ package tcpmux
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -276,4 +278,75 @@ func TestTLSCloseWithPendingConn(t *testing.T) {
 	require.Zero(t, s.ConnsPending)
 	// The mux's end is gone: the client sees the connection end.
 	waitClosedByPeer(t, client, time.Second)
+}
+
+// A healthy crypto/tls connection survives every timeout the mux causes
+// itself: idle checks (the goroutine parks in awaitData), reads of the lent
+// socket cut by the reader's deadline, and interrupts when a second
+// connection joins while a reader holds the socket. None may pass for a
+// wrapper's timeout that stuck and drop the connection.
+func TestTLSSurvivesTheMuxsOwnTimeouts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cert := selfSignedCert(t)
+		ln := newPipeListener("127.0.0.1:3478")
+		m := newTestMux(t, TCPMuxParams{Listener: ln})
+		pc := getConn(t, m, "pipe")
+		client, server := net.Pipe()
+		t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+		ln.conns <- &addrConn{
+			Conn:   tls.Server(server, &tls.Config{Certificates: []tls.Certificate{cert}}),
+			local:  net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:3478")),
+			remote: net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:40000")),
+		}
+		tc := tls.Client(client, &tls.Config{InsecureSkipVerify: true})
+		send := func(p string) {
+			go func() { _, _ = tc.Write(frame([]byte(p))) }()
+		}
+		send(string(bindingRequest(t, "pipe")))
+		readPacket(t, pc)
+		// The client must keep reading for tls to make progress on writes.
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				if _, err := tc.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+
+		buf := make([]byte, 1500)
+		for i := range 40 {
+			switch i % 4 {
+			case 0: // idle: the idle check parks the goroutine
+				time.Sleep(3 * idleBufferLinger)
+			case 1: // a reader in the socket whose deadline passes
+				require.NoError(t, pc.SetReadDeadline(time.Now().Add(time.Millisecond)))
+				_, _, err := pc.ReadFrom(buf)
+				require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+			case 2: // a second connection joins under a reader holding the socket
+				require.NoError(t, pc.SetReadDeadline(time.Time{}))
+				pending := startReader(pc, 1500)
+				synctest.Wait()
+				other := ln.dial(t, "127.0.0.1:3478", fmt.Sprintf("127.0.0.1:%d", 41000+i))
+				go func() { _, _ = other.Write(frame(bindingRequest(t, "pipe"))) }()
+				r := <-pending
+				require.NoError(t, r.err)
+				_ = other.Close()
+				synctest.Wait()
+			}
+			want := fmt.Sprintf("packet %d", i)
+			send(want)
+			require.NoError(t, pc.SetReadDeadline(time.Now().Add(time.Second)))
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				require.NoError(t, err, "round %d", i)
+				if from.String() == "127.0.0.1:40000" {
+					require.Equal(t, want, string(buf[:n]))
+					break
+				}
+			}
+		}
+		require.Equal(t, 1, pc.(*packetConnHandle).pc.connCount())
+		require.NoError(t, pc.Close())
+	})
 }

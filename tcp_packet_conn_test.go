@@ -1737,3 +1737,42 @@ func TestWriteDeadlineNeverReachesAnotherHandlesNextWrite(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// Many connections on one ufrag (an attacker who knows it, or a very
+// multi-homed peer) route as one does: each WriteTo reaches the
+// connection from its address, connections leave in any order, and a
+// left one's address finds nothing. Twenty is past the size where a
+// PacketConn starts indexing its connections (connSet), and leaving
+// moves the last connection into each hole.
+func TestPacketConnRoutesAmongManyConnections(t *testing.T) {
+	const n = 3 * connSetIndexMin
+	m, pc, first, firstAddr := pcPair(t, pcFamilies[0], TCPMuxParams{})
+	clients, addrs := []net.Conn{first}, []net.Addr{firstAddr}
+	for range n - 1 {
+		client, addr := pcConnect(t, m, pc, "pair")
+		clients, addrs = append(clients, client), append(addrs, addr)
+	}
+	roundTrip := func(i int) {
+		t.Helper()
+		msg := fmt.Appendf(nil, "to %d", i)
+		_, err := pc.WriteTo(msg, addrs[i])
+		require.NoError(t, err)
+		require.Equal(t, msg, readFrame(t, clients[i]), "connection %d", i)
+	}
+	for i := range n {
+		roundTrip(i)
+	}
+	for i := 0; i < n; i += 2 { // every other one leaves
+		require.NoError(t, clients[i].Close())
+	}
+	inner := pc.(*packetConnHandle).pc
+	eventually(t, func() bool { return inner.connCount() == n/2 }, "the closed connections are still attached")
+	for i := range n {
+		if i%2 == 1 {
+			roundTrip(i)
+			continue
+		}
+		_, err := pc.WriteTo([]byte("gone"), addrs[i])
+		require.ErrorIs(t, err, ErrNoConnForAddr, "connection %d left", i)
+	}
+}

@@ -1741,7 +1741,7 @@ func TestWriteDeadlineNeverReachesAnotherHandlesNextWrite(t *testing.T) {
 // Many connections on one ufrag (an attacker who knows it, or a very
 // multi-homed peer) route as one does: each WriteTo reaches the
 // connection from its address, connections leave in any order, and a
-// left one's address finds nothing. Twenty is past the size where a
+// left one's address finds nothing. Twenty-four is past the size where a
 // PacketConn starts indexing its connections (connSet), and leaving
 // moves the last connection into each hole.
 func TestPacketConnRoutesAmongManyConnections(t *testing.T) {

@@ -481,6 +481,18 @@ func pipePair(t *testing.T) (net.PacketConn, net.Conn, *streamConn) {
 // wrapped by wrap: a faulty wrapper under test.
 func wrappedPipePair(t *testing.T, wrap func(net.Conn) net.Conn) (*TCPMuxDefault, net.PacketConn, net.Conn) {
 	t.Helper()
+	_, pc, client := pipeMuxWith(t, wrap)
+	boundPipe(t, client)
+	writeFrames(t, client, string(bindingRequest(t, "pipe")))
+	readPacket(t, pc)
+	return pc.(*packetConnHandle).pc.mux, pc, client
+}
+
+// pipeMuxWith is a mux over net.Pipe with a claimed PacketConn of ufrag
+// "pipe" and one connection from 127.0.0.1:40000, whose mux side is
+// wrap(the pipe's end). It returns the client's end before any frame.
+func pipeMuxWith(t *testing.T, wrap func(net.Conn) net.Conn) (*pipeListener, net.PacketConn, net.Conn) {
+	t.Helper()
 	ln := newPipeListener("127.0.0.1:3478")
 	m := newTestMux(t, TCPMuxParams{Listener: ln})
 	pc := getConn(t, m, "pipe")
@@ -491,10 +503,7 @@ func wrappedPipePair(t *testing.T, wrap func(net.Conn) net.Conn) (*TCPMuxDefault
 		local:  net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:3478")),
 		remote: net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:40000")),
 	}
-	boundPipe(t, client)
-	writeFrames(t, client, string(bindingRequest(t, "pipe")))
-	readPacket(t, pc)
-	return m, pc, client
+	return ln, pc, client
 }
 
 // writeFrames writes each payload as one frame.

@@ -288,16 +288,9 @@ func TestTLSCloseWithPendingConn(t *testing.T) {
 func TestTLSSurvivesTheMuxsOwnTimeouts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cert := selfSignedCert(t)
-		ln := newPipeListener("127.0.0.1:3478")
-		m := newTestMux(t, TCPMuxParams{Listener: ln})
-		pc := getConn(t, m, "pipe")
-		client, server := net.Pipe()
-		t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
-		ln.conns <- &addrConn{
-			Conn:   tls.Server(server, &tls.Config{Certificates: []tls.Certificate{cert}}),
-			local:  net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:3478")),
-			remote: net.TCPAddrFromAddrPort(mustAddrPort("127.0.0.1:40000")),
-		}
+		ln, pc, client := pipeMuxWith(t, func(server net.Conn) net.Conn {
+			return tls.Server(server, &tls.Config{Certificates: []tls.Certificate{cert}})
+		})
 		tc := tls.Client(client, &tls.Config{InsecureSkipVerify: true})
 		send := func(p string) {
 			go func() { _, _ = tc.Write(frame([]byte(p))) }()

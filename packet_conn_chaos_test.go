@@ -121,6 +121,30 @@ func (c *pcChaos) classify(method, who string, err error, allowed ...error) erro
 	return nil
 }
 
+// failedCallGoesOn checks a call that failed: it moved no bytes, and its
+// error is net.ErrClosed once its handle is closing, or else transient
+// (transient: a deadline or a full buffer), and not transient after its
+// handle's Close. It reports whether the caller goes on calling.
+func (c *pcChaos) failedCallGoesOn(who, method string, n int, err, transient error, closing *atomic.Bool, afterClose bool) bool {
+	if n != 0 {
+		c.failf("%s %s: n = %d with error %v", who, method, n, err)
+	}
+	switch c.classify(method, who, err, net.ErrClosed, transient) {
+	case net.ErrClosed:
+		if !closing.Load() {
+			c.failf("%s %s: %v before its handle was closed", who, method, err)
+		}
+		return false
+	case nil:
+		return false
+	}
+	if afterClose {
+		c.failf("%s %s after its Close: %v, want net.ErrClosed", who, method, err)
+		return false
+	}
+	return true
+}
+
 // read calls ReadFrom or ReadFromAddrPort and returns the sender unmapped.
 func (c *pcChaos) read(h net.PacketConn, addrPort bool, buf []byte) (int, netip.AddrPort, error) {
 	if addrPort {
@@ -670,20 +694,7 @@ func (c *pcChaos) shutdown(t *testing.T) {
 					progress()
 					continue
 				}
-				if n != 0 {
-					c.failf("%s %s: n = %d with error %v", who, method, n, err)
-				}
-				switch c.classify(method, who, err, net.ErrClosed, os.ErrDeadlineExceeded) {
-				case net.ErrClosed:
-					if !closing[k].Load() {
-						c.failf("%s %s: %v before its handle was closed", who, method, err)
-					}
-					return
-				case nil:
-					return
-				}
-				if after {
-					c.failf("%s %s after its Close: %v, want net.ErrClosed", who, method, err)
+				if !c.failedCallGoesOn(who, method, n, err, os.ErrDeadlineExceeded, &closing[k], after) {
 					return
 				}
 				c.readTimeouts.Add(1)
@@ -718,20 +729,7 @@ func (c *pcChaos) shutdown(t *testing.T) {
 					}
 					continue
 				}
-				if n != 0 {
-					c.failf("%s %s: n = %d with error %v", who, method, n, err)
-				}
-				switch c.classify(method, who, err, net.ErrClosed, ErrWriteBufferFull) {
-				case net.ErrClosed:
-					if !closing[k].Load() {
-						c.failf("%s %s: %v before its handle was closed", who, method, err)
-					}
-					return
-				case nil:
-					return
-				}
-				if after {
-					c.failf("%s %s after its Close: %v, want net.ErrClosed", who, method, err)
+				if !c.failedCallGoesOn(who, method, n, err, ErrWriteBufferFull, &closing[k], after) {
 					return
 				}
 				runtime.Gosched() // the buffer stays full until the socket drains, if ever

@@ -10,7 +10,7 @@ import (
 // writeFrame sends p as one frame, synchronously or through the write
 // buffer, honouring the caller's write deadline.
 func (c *streamConn) writeFrame(p []byte, h *packetConnHandle) (int, error) {
-	if c.mux.params.WriteBufferSize > 0 {
+	if c.bw != nil { // WriteBufferSize > 0
 		return c.writeBuffered(p)
 	}
 	return c.writeSync(p, h)

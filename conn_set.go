@@ -1,6 +1,9 @@
 package tcpmux
 
-import "net/netip"
+import (
+	"net/netip"
+	"slices"
+)
 
 // connSetIndexMin is the size at which a connSet starts indexing: below
 // it, a scan of a few pointers is as fast as a map and costs no memory.
@@ -51,7 +54,10 @@ func (s *connSet) add(c *streamConn) {
 	}
 }
 
-// remove drops the connection at position i.
+// remove drops the connection at position i. A set that shrinks well
+// below the indexing size drops its index and its spare room, so a session
+// that outlived a flood of connections does not keep the flood's memory
+// (SPEC 8: memory follows what is held, not what was).
 func (s *connSet) remove(i int) {
 	last := len(s.list) - 1
 	if s.index != nil {
@@ -63,6 +69,10 @@ func (s *connSet) remove(i int) {
 	s.list[i] = s.list[last]
 	s.list[last] = nil
 	s.list = s.list[:last]
+	if s.index != nil && len(s.list) < connSetIndexMin/2 {
+		s.index = nil
+		s.list = slices.Clone(s.list)
+	}
 }
 
 // take empties the set and returns what it held.

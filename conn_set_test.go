@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -68,5 +69,23 @@ func BenchmarkConnSetAttach(b *testing.B) {
 				s.remove(s.find(c.remoteAP))
 			}
 		})
+	}
+}
+
+// A set that grew past the indexing size and shrank back keeps neither
+// the index nor the room of its peak.
+func TestConnSetShrinksAfterFlood(t *testing.T) {
+	var s connSet
+	for n := range 1000 {
+		s.add(&streamConn{remoteAP: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 1}), uint16(n))})
+	}
+	require.NotNil(t, s.index)
+	for s.len() > 2 {
+		s.remove(0)
+	}
+	require.Nil(t, s.index, "the index outlived the flood")
+	require.LessOrEqual(t, cap(s.list), connSetIndexMin, "the list kept the flood's room")
+	for _, c := range s.list {
+		require.Equal(t, s.find(c.remoteAP), slices.Index(s.list, c))
 	}
 }

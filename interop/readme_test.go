@@ -89,12 +89,16 @@ func readmePasswordLookup(ln net.Listener, pc *webrtc.PeerConnection) error {
 	})
 	defer mux.Close()
 
-	// After each pc.SetLocalDescription: the first answer, and every ICE restart's.
-	local, err := pc.SCTP().Transport().ICETransport().GetLocalParameters()
+	// After each pc.SetLocalDescription: the first answer, and every ICE
+	// restart's. Read them from the description: pion starts the ICE
+	// transport on a goroutine of its own, and reading it meanwhile races.
+	local, err := pc.LocalDescription().Unmarshal()
 	if err != nil {
 		return err
 	}
-	creds.Store(local.UsernameFragment, local.Password)
+	ufrag, _ := local.MediaDescriptions[0].Attribute("ice-ufrag")
+	pwd, _ := local.MediaDescriptions[0].Attribute("ice-pwd")
+	creds.Store(ufrag, pwd)
 	// When the session ends, creds.Delete each ufrag it had.
 	return nil
 }

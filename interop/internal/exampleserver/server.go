@@ -517,17 +517,38 @@ func (sess *session) answer(ctx context.Context, offer string) (string, error) {
 	if err := pc.SetLocalDescription(answer); err != nil {
 		return "", err
 	}
-	local, err := pc.SCTP().Transport().ICETransport().GetLocalParameters()
+	// The credentials come from the answer, not from the ICE transport:
+	// pion starts that transport on a goroutine of its own after
+	// SetRemoteDescription, and reading it meanwhile is a data race.
+	ufrag, pwd, err := iceCredentials(answer)
 	if err != nil {
 		return "", err
 	}
-	sess.server.register(sess, local.UsernameFragment, local.Password)
+	sess.server.register(sess, ufrag, pwd)
 	select {
 	case <-gathered:
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
 	return pc.LocalDescription().SDP, nil
+}
+
+// iceCredentials returns the ICE ufrag and password of a description:
+// those of its first media section, which BUNDLE makes the session's.
+func iceCredentials(d webrtc.SessionDescription) (ufrag, pwd string, err error) {
+	parsed, err := d.Unmarshal()
+	if err != nil {
+		return "", "", err
+	}
+	if len(parsed.MediaDescriptions) > 0 {
+		media := parsed.MediaDescriptions[0]
+		ufrag, _ = media.Attribute("ice-ufrag")
+		pwd, _ = media.Attribute("ice-pwd")
+	}
+	if ufrag == "" || pwd == "" {
+		return "", "", errors.New("description without ICE credentials")
+	}
+	return ufrag, pwd, nil
 }
 
 func (sess *session) close() {

@@ -148,10 +148,19 @@ func TestExampleServer(t *testing.T) {
 			requireAuthRejected(t, srv)
 
 			require.NoError(t, pc.Close())
-			require.Eventually(t, func() bool { return srv.Sessions() == 0 }, settle, poll, "the session ends with the client")
+			require.Eventually(t, func() bool { return srv.Sessions() == 0 }, sessionEndBound, poll, "the session ends with the client")
 		})
 	}
 }
+
+// sessionEndBound is how long a server may take to end a session whose
+// client closed. Usually the client's closing ends it at once (in 10 to
+// 400 ms here). When that does not reach the server (CI saw it about once
+// in 20 runs under load, cause not found; a reset connection losing the
+// DTLS alert is one candidate), pion still notices through ICE:
+// disconnected after 5 s, failed 25 s later (its default timeouts), and
+// the session ends.
+const sessionEndBound = 40 * time.Second
 
 // requireAuthRejected sends a Binding request for a ufrag no session has.
 func requireAuthRejected(t *testing.T, srv *exampleserver.Server) {
